@@ -1,0 +1,1 @@
+"""Attacks: backdoor poisoners for ART."""

@@ -1,0 +1,1 @@
+"""Defences against backdoor (data-poisoning) attacks, in ART's layout."""

@@ -1,0 +1,1 @@
+"""Transformers: defences that return a repaired classifier."""

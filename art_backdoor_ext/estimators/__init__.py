@@ -1,0 +1,38 @@
+"""
+The framework adapter layer: the one place that knows PyTorch from Keras/TensorFlow.
+
+Attacks and defences call :func:`get_adapter` and use the returned :class:`FrameworkAdapter`; they never import torch
+or tensorflow themselves.
+"""
+from __future__ import annotations
+
+from art_backdoor_ext.estimators.base import FrameworkAdapter
+
+__all__ = ["FrameworkAdapter", "get_adapter", "framework_of"]
+
+
+def framework_of(classifier) -> str:
+    """``"pytorch"`` or ``"keras"`` for a supported ART classifier; ``ValueError`` otherwise."""
+    names = {cls.__name__ for cls in type(classifier).__mro__}
+    if "PyTorchClassifier" in names:
+        return "pytorch"
+    if "KerasClassifier" in names or "TensorFlowV2Classifier" in names:
+        return "keras"
+    raise ValueError(
+        f"Unsupported classifier {type(classifier).__name__}: use ART's PyTorchClassifier, KerasClassifier or "
+        "TensorFlowV2Classifier."
+    )
+
+
+def get_adapter(classifier) -> FrameworkAdapter:
+    """Return the framework adapter for an ART classifier (an adapter is returned unchanged)."""
+    if isinstance(classifier, FrameworkAdapter):
+        return classifier
+    framework = framework_of(classifier)
+    if framework == "pytorch":
+        from art_backdoor_ext.estimators.pytorch import PyTorchAdapter
+
+        return PyTorchAdapter(classifier)
+    from art_backdoor_ext.estimators.keras import KerasAdapter
+
+    return KerasAdapter(classifier)

@@ -1,0 +1,100 @@
+"""Input validation and small helpers shared by attacks, defences and the harness."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def to_labels(y: np.ndarray, nb_classes: Optional[int] = None, name: str = "y") -> np.ndarray:
+    """
+    Return integer labels from integer or one-hot labels, validating them.
+
+    :param y: Labels, shape ``(N,)`` (integers) or ``(N, K)`` (one-hot or probabilities).
+    :param nb_classes: When given, labels must lie in ``[0, nb_classes)``.
+    :param name: Name used in error messages.
+    :raises ValueError: For a wrong shape, non-integer values or labels out of range.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        if nb_classes is not None and y.shape[1] != nb_classes:
+            raise ValueError(f"{name} is one-hot with {y.shape[1]} columns but the classifier has {nb_classes} classes.")
+        return np.argmax(y, axis=1).astype(np.int64)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be integer labels of shape (N,) or one-hot of shape (N, K); got shape {y.shape}.")
+    if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError(f"{name} must hold integer class labels; got non-integer values.")
+    labels = y.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{name} holds negative labels (min {labels.min()}); labels must be class indices >= 0.")
+    if nb_classes is not None and labels.size and labels.max() >= nb_classes:
+        raise ValueError(f"{name} holds label {labels.max()} but the classifier has only {nb_classes} classes.")
+    return labels
+
+
+def check_images(x: np.ndarray, name: str = "x", min_ndim: int = 3) -> np.ndarray:
+    """
+    Validate a batch of images (``(N, ...)``, finite numbers) and return it as a float32 array (never the same object
+    mutated later: callers copy before writing).
+    """
+    x = np.asarray(x)
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must be a batch of images with at least {min_ndim} dimensions; got shape {x.shape}.")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric; got dtype {x.dtype}.")
+    if x.size and not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return x.astype(np.float32, copy=False)
+
+
+def check_xy(x: np.ndarray, y: np.ndarray, nb_classes: Optional[int] = None) -> tuple:
+    """Validate images and labels together: same length, labels valid. Returns ``(x, labels)``."""
+    x = check_images(x)
+    labels = to_labels(y, nb_classes)
+    if len(x) != len(labels):
+        raise ValueError(f"x has {len(x)} images but y has {len(labels)} labels.")
+    return x, labels
+
+
+def as_class_list(classes: Union[None, int, str, Iterable[int]], nb_classes: int, exclude: Optional[int] = None,
+                  name: str = "sources") -> List[int]:
+    """
+    Normalise a class selection: an int, a list of ints, or ``None``/``"all"`` for every class except ``exclude``.
+    """
+    if classes is None or (isinstance(classes, str) and classes == "all"):
+        out = [c for c in range(nb_classes) if c != exclude]
+    elif isinstance(classes, (int, np.integer)):
+        out = [int(classes)]
+    elif isinstance(classes, str):
+        raise ValueError(f"{name} must be an int, a list of ints or 'all'; got {classes!r}.")
+    else:
+        out = [int(c) for c in classes]
+    if not out:
+        raise ValueError(f"{name} is empty.")
+    bad = [c for c in out if not 0 <= c < nb_classes]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range for {nb_classes} classes.")
+    if exclude is not None and exclude in out:
+        raise ValueError(f"{name} must not contain the target class {exclude}.")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} contains duplicates: {out}.")
+    return out
+
+
+def batches(n: int, batch_size: int) -> Sequence[slice]:
+    """Slices covering ``range(n)`` in chunks of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def progress(iterable=None, verbose: bool = False, **kwargs):
+    """A tqdm progress bar when ``verbose``, else the plain iterable (``total`` etc. are passed to tqdm)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not verbose, **kwargs)
