@@ -377,9 +377,9 @@ def _check_art_layer(ctx: ScenarioContext, layer: str) -> str:
 def _activation_clustering(ctx: ScenarioContext, nb_dims: int = 10, cluster_analysis: str = "smaller",
                            size_threshold: float = 0.35, layer: Optional[str] = None):
     """
-    ART's Activation Clustering (2-means on PCA-10 features per class, the smaller cluster is poison). Detection uses
-    ART's relative-size rule (a class is suspected when its flagged cluster holds under ``size_threshold`` of it),
-    computed here because ART's own ``"relative-size"`` analysis fails under numpy >= 2.2.
+    ART's Activation Clustering (2-means on PCA-10 features per class). ART's ``"relative-size"`` analysis fails under
+    numpy >= 2.2, so it runs with ``"smaller"`` and the relative-size rule is applied here: a class is suspected when
+    its smaller cluster holds under ``size_threshold`` of it, and only such clusters are flagged.
     """
     from art.defences.detector.poison import ActivationDefence
 
@@ -415,9 +415,15 @@ def _spectral_signatures(ctx: ScenarioContext, eps_multiplier: float = 1.5, expe
 
 
 def _summarise_filter(ctx: ScenarioContext, is_clean: Sequence[int], size_threshold: float, notes: str):
+    """
+    ART's relative-size rule on top of the "smaller" analysis: a class is suspected when its smaller cluster holds under
+    ``size_threshold`` of the class; only those clusters are marked poisonous (the rest is kept, as ART's own
+    "relative-size" analysis would do).
+    """
     is_clean = np.asarray(is_clean, int)
     fractions = {int(c): float(np.mean(is_clean[ctx.y_train == c] == 0)) for c in range(ctx.nb_classes)}
     suspected = sorted([c for c, f in fractions.items() if 0 < f < size_threshold], key=lambda c: fractions[c])
+    is_clean = np.where(np.isin(ctx.y_train, suspected), is_clean, 1)
     report = {"detected": bool(suspected), "target_class": suspected[0] if suspected else None,
               "suspected_classes": suspected, "flagged_fraction_by_class": fractions, "notes": notes}
     return report, is_clean

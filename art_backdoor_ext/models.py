@@ -248,6 +248,6 @@ def train_robust(
     )
     trainer = AdversarialTrainer(classifier, attacks=pgd, ratio=ratio)
     logger.info("L2 PGD adversarial training: eps=%.2f, %d steps, %d epochs.", eps, max_iter, nb_epochs)
-    trainer.fit(x, adapter._fit_labels(labels), nb_epochs=nb_epochs, batch_size=batch_size,  # pylint: disable=W0212
-                verbose=verbose)
+    # ART's AdversarialTrainer shows its own epoch bar and passes verbose=0 to the classifier itself
+    trainer.fit(x, adapter._fit_labels(labels), nb_epochs=nb_epochs, batch_size=batch_size)  # pylint: disable=W0212
     return classifier
