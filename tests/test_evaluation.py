@@ -53,3 +53,8 @@ def test_registries_and_bad_names(digits):
         run_scenario(Scenario(dataset="digits", attack="nope"), defences=[], data=digits)
     with pytest.raises(ValueError, match="framework"):
         run_scenario(Scenario(dataset="digits", framework="mxnet"), defences=[], data=digits)
+
+
+def test_strip_row_flags_triggered_training_images(badnets):
+    (row,) = run_defences(badnets, ["strip"])
+    assert row.tpr > 0.8 and row.fpr < 0.1
