@@ -81,6 +81,9 @@ def build_pytorch_cnn(input_shape: Sequence[int] = (1, 28, 28), nb_classes: int 
 
 def build_keras_cnn(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10, width: str = "compact"):
     """A reference CNN as a Keras 3 functional model taking ``(N, H, W, C)`` input and returning logits."""
+    from art_backdoor_ext.estimators import load_torch_before_tensorflow
+
+    load_torch_before_tensorflow()
     import keras
     from keras import layers
 
@@ -184,6 +187,9 @@ def make_classifier(
             device_type="cpu",
         )
     else:
+        from art_backdoor_ext.estimators import load_torch_before_tensorflow
+
+        load_torch_before_tensorflow()
         import keras
         from art.estimators.classification import KerasClassifier
 

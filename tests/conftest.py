@@ -11,6 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from art_backdoor_ext.estimators import load_torch_before_tensorflow  # noqa: E402
+
+load_torch_before_tensorflow()  # torch's triton import segfaults once TensorFlow is loaded
+
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 from typing import Dict  # noqa: E402

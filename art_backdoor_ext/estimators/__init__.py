@@ -6,9 +6,26 @@ or tensorflow themselves.
 """
 from __future__ import annotations
 
+import sys
+
 from art_backdoor_ext.estimators.base import FrameworkAdapter
 
-__all__ = ["FrameworkAdapter", "get_adapter", "framework_of"]
+__all__ = ["FrameworkAdapter", "get_adapter", "framework_of", "load_torch_before_tensorflow"]
+
+
+def load_torch_before_tensorflow() -> None:
+    """
+    With torch 2.14 and TensorFlow 2.21 in one process, torch's first optimizer import (which loads triton) segfaults
+    if TensorFlow was imported before it. Every Keras code path of this package calls this first: when torch is
+    installed and TensorFlow not yet loaded, it loads ``torch._dynamo`` (and so triton) now. A user who imports
+    TensorFlow before anything else and later builds PyTorch models should ``import torch._dynamo`` first.
+    """
+    if "tensorflow" in sys.modules or "torch._dynamo" in sys.modules:
+        return
+    try:
+        import torch._dynamo  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:  # torch not installed: nothing to order
+        pass
 
 
 def framework_of(classifier) -> str:
@@ -33,6 +50,7 @@ def get_adapter(classifier) -> FrameworkAdapter:
         from art_backdoor_ext.estimators.pytorch import PyTorchAdapter
 
         return PyTorchAdapter(classifier)
+    load_torch_before_tensorflow()
     from art_backdoor_ext.estimators.keras import KerasAdapter
 
     return KerasAdapter(classifier)

@@ -98,10 +98,15 @@ class FrameworkAdapter(abc.ABC):
         return np.argmax(self.classifier.predict(np.asarray(x, np.float32), batch_size=batch_size), axis=1)
 
     @abc.abstractmethod
-    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray,
+                          complement: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """
         For one batch: ``log p_label(x)`` (shape ``(N,)``) and its gradient with respect to ``x`` (shape of ``x``),
         in one forward/backward pass. Model outputs are treated as logits unless they already are probabilities.
+
+        :param complement: Optional boolean mask ``(N,)``: for the images where it is true, return
+                           ``log(1 - p_label(x))`` and its gradient instead, computed stably as the log-sum of the
+                           other classes' probabilities (``1 - p`` underflows to 0 in float32 for confident images).
         """
 
     def fit(self, x: np.ndarray, y: np.ndarray, nb_epochs: int = 5, batch_size: int = 64, verbose: bool = False,
@@ -120,6 +125,82 @@ class FrameworkAdapter(abc.ABC):
 
     def get_weights(self) -> List[np.ndarray]:
         """All model parameters as numpy arrays (for checking that the original model is untouched)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------- channel pruning
+    def resolve_conv_layer(self, layer: Optional[str] = None) -> str:
+        """Check a convolution layer's name (``None`` = the last convolution layer) and return it."""
+        convs = self.conv_layer_names()
+        if not convs:
+            raise ValueError("The model has no 2-D convolution layer to prune.")
+        if layer is None:
+            return convs[-1]
+        if layer not in convs:
+            raise ValueError(f"layer must name a 2-D convolution layer, one of {convs}; got {layer!r}.")
+        return layer
+
+    def _channel_axis(self, layer: str) -> int:
+        """Axis of the channels in ``layer``'s output (1 for NCHW, -1 for NHWC)."""
+        raise NotImplementedError
+
+    def nb_channels(self, layer: Optional[str] = None) -> int:
+        """Number of output channels of a convolution layer (pruned channels included)."""
+        raise NotImplementedError
+
+    def channel_activations(self, x: np.ndarray, layer: Optional[str] = None, batch_size: int = 256,
+                            relu: bool = True) -> np.ndarray:
+        """
+        Mean activation of every output channel of a convolution layer over ``x`` (and over the spatial positions),
+        computed in batches without gradients; with ``relu`` the activation is measured after a ReLU (the output of the
+        conv-ReLU pair, as fine-pruning ranks neurons).
+
+        :return: Array ``(C,)``.
+        """
+        layer = self.resolve_conv_layer(layer)
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) == 0:
+            raise ValueError("channel_activations needs at least one image.")
+        total = None
+        for s in batches(len(x), batch_size):
+            out = self._features_batch(x[s], layer)
+            if relu:
+                out = np.maximum(out, 0.0)
+            out = np.moveaxis(out, self._channel_axis(layer), 1)
+            part = out.reshape(out.shape[0], out.shape[1], -1).mean(axis=2).sum(axis=0)
+            total = part if total is None else total + part
+        return total / len(x)
+
+    def prune_channels(self, layer: Optional[str], channels) -> None:
+        """
+        Prune output channels of a convolution layer in place with a persistent mask: their kernels and biases become
+        zero and stay zero through further training and through the framework's save/load. Cumulative: channels
+        pruned earlier stay pruned.
+        """
+        raise NotImplementedError
+
+    def pruned_channels(self, layer: Optional[str] = None) -> List[int]:
+        """The channels of a convolution layer currently masked by :meth:`prune_channels`."""
+        raise NotImplementedError
+
+    def channel_weight_norms(self, layer: Optional[str] = None) -> np.ndarray:
+        """L1 norm of each output channel's effective kernel plus bias, shape ``(C,)`` (0 for a pruned channel)."""
+        raise NotImplementedError
+
+    @property
+    def supports_channel_removal(self) -> bool:
+        """Whether :meth:`remove_channels` can physically delete channels from this model."""
+        return False
+
+    def remove_channels(self, layer: Optional[str], channels):
+        """
+        A new ART classifier around a copy of the model with the channels physically deleted (the model gets
+        narrower); the wrapped model is left untouched.
+        """
+        raise NotImplementedError(f"Physical channel removal is not available for {type(self.classifier).__name__}; "
+                                  "use prune_channels (a persistent mask).")
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Set the learning rate of the classifier's optimizer (used by ``fit``)."""
         raise NotImplementedError
 
     @staticmethod

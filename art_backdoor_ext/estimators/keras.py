@@ -44,14 +44,16 @@ class KerasAdapter(FrameworkAdapter):
         return np.asarray(x_pre, dtype=np.float32)
 
     def _features_batch(self, x: np.ndarray, layer: str) -> np.ndarray:
-        import keras
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
 
+        keras = keras_module_of(self.model)  # Keras 3, or tf_keras for tf.keras models (TF_USE_LEGACY_KERAS=1)
         if layer not in self._submodels:
             self._submodels[layer] = keras.Model(inputs=self.model.input, outputs=self.model.get_layer(layer).output)
         out = self._submodels[layer](self._preprocess(x), training=False)
         return np.asarray(out)
 
-    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray,
+                          complement: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
 
         x_t = tf.convert_to_tensor(self._preprocess(x))
@@ -63,20 +65,31 @@ class KerasAdapter(FrameworkAdapter):
             else:
                 logp = tf.nn.log_softmax(out, axis=1)
             picked = tf.gather(logp, tf.convert_to_tensor(np.asarray(labels, np.int32)), axis=1, batch_dims=1)
+            if complement is not None and np.any(complement):
+                # log(1 - p_label) as the log-sum of the other classes' probabilities (stable when p_label -> 1)
+                onehot = tf.one_hot(np.asarray(labels, np.int32), int(logp.shape[1])) > 0
+                other = tf.reduce_logsumexp(tf.where(onehot, tf.fill(tf.shape(logp), -1e30), logp), axis=1)
+                picked = tf.where(tf.convert_to_tensor(np.asarray(complement, bool)), other, picked)
             total = tf.reduce_sum(picked)
         grad = tape.gradient(total, x_t).numpy()
         grad = self.classifier._apply_preprocessing_gradient(x, grad)  # pylint: disable=protected-access
         return picked.numpy(), grad
 
     def clone(self, reset_weights: bool = False):
-        import keras
-        from art.estimators.classification import KerasClassifier
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
 
-        clf = self.classifier
+        keras = keras_module_of(self.model)
         model = keras.models.clone_model(self.model)
         model.build(self.model.input_shape)
         if not reset_weights:
             model.set_weights(self.model.get_weights())
+        return self.wrap_model(model)
+
+    def wrap_model(self, model):
+        """A new ART classifier like this one (same wrapper type and settings, fresh optimizer) around ``model``."""
+        from art.estimators.classification import KerasClassifier
+
+        clf = self.classifier
         if getattr(self.model, "optimizer", None) is not None:
             optimizer = type(self.model.optimizer).from_config(self.model.optimizer.get_config())
             model.compile(optimizer=optimizer, loss=self.model.loss, metrics=["accuracy"])
@@ -108,3 +121,83 @@ class KerasAdapter(FrameworkAdapter):
 
     def get_weights(self) -> List[np.ndarray]:
         return [np.array(w, copy=True) for w in self.model.get_weights()]
+
+    # ----------------------------------------------------------------------------------------------- channel pruning
+    def _channel_axis(self, layer: str) -> int:
+        return 1 if getattr(self.model.get_layer(layer), "data_format", "channels_last") == "channels_first" else -1
+
+    def nb_channels(self, layer: Optional[str] = None) -> int:
+        return int(self.model.get_layer(self.resolve_conv_layer(layer)).filters)
+
+    def prune_channels(self, layer: Optional[str], channels) -> None:
+        """
+        Persistent mask: the channels' kernels and biases are zeroed and a registered ``ChannelMask`` constraint
+        (:mod:`art_backdoor_ext.estimators.keras_pruning`) keeps them zero after every optimizer step; the mask is part
+        of the layer config, so it survives ``model.save`` / ``keras.models.load_model`` (import
+        ``art_backdoor_ext.estimators.keras_pruning`` before loading) and ``clone_model``.
+        """
+        from art_backdoor_ext.estimators.keras_pruning import mask_channels
+
+        conv = self.model.get_layer(self.resolve_conv_layer(layer))
+        idx = np.unique(np.asarray(list(channels), dtype=np.int64))
+        if idx.size and (idx.min() < 0 or idx.max() >= conv.filters):
+            raise ValueError(f"Channel indices must lie in [0, {conv.filters}); got {idx.min()}..{idx.max()}.")
+        if idx.size:
+            mask_channels(conv, idx.tolist())
+
+    def pruned_channels(self, layer: Optional[str] = None) -> List[int]:
+        from art_backdoor_ext.estimators.keras_pruning import masked_channels
+
+        return masked_channels(self.model.get_layer(self.resolve_conv_layer(layer)))
+
+    def channel_weight_norms(self, layer: Optional[str] = None) -> np.ndarray:
+        conv = self.model.get_layer(self.resolve_conv_layer(layer))
+        kernel = np.asarray(conv.kernel)
+        norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+        if getattr(conv, "use_bias", False) and conv.bias is not None:
+            norms = norms + np.abs(np.asarray(conv.bias))
+        return norms
+
+    @property
+    def supports_channel_removal(self) -> bool:
+        from art_backdoor_ext.estimators.keras_pruning import is_legacy_model
+
+        if not is_legacy_model(self.model):
+            return False
+        try:
+            import kerassurgeon  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+        except ImportError:
+            return False
+        return True
+
+    def remove_channels(self, layer: Optional[str], channels):
+        """
+        Physically delete channels with keras-surgeon (tf.keras models under ``TF_USE_LEGACY_KERAS=1`` only; see
+        :func:`art_backdoor_ext.estimators.keras_pruning.delete_channels`) and wrap the narrower model like this
+        classifier. The wrapped model is untouched.
+        """
+        from art_backdoor_ext.estimators.keras_pruning import delete_channels
+
+        layer = self.resolve_conv_layer(layer)
+        idx = np.unique(np.asarray(list(channels), dtype=np.int64))
+        nb = self.nb_channels(layer)
+        if idx.size and (idx.min() < 0 or idx.max() >= nb):
+            raise ValueError(f"Channel indices must lie in [0, {nb}); got {idx.min()}..{idx.max()}.")
+        if idx.size >= nb:
+            raise ValueError(f"Cannot delete all {nb} channels of {layer!r}.")
+        model = delete_channels(self.model, layer, idx.tolist()) if idx.size else None
+        if model is None:
+            return self.clone()
+        return self.wrap_model(model)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            optimizer = getattr(self.classifier, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("The classifier has no optimizer; compile the Keras model (or give TensorFlowV2Classifier "
+                             "an optimizer) to fine-tune it.")
+        try:
+            optimizer.learning_rate = float(learning_rate)
+        except (AttributeError, TypeError, ValueError):
+            optimizer.learning_rate.assign(float(learning_rate))

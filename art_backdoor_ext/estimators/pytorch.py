@@ -65,7 +65,8 @@ class PyTorchAdapter(FrameworkAdapter):
             self.model.train(was_training)
         return store["out"].cpu().numpy()
 
-    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray,
+                          complement: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         import torch
 
         self.model.eval()
@@ -79,6 +80,12 @@ class PyTorchAdapter(FrameworkAdapter):
             logp = torch.log_softmax(out, dim=1)
         idx = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
         picked = logp.gather(1, idx[:, None])[:, 0]
+        if complement is not None and np.any(complement):
+            # log(1 - p_label) as the log-sum of the other classes' probabilities (stable when p_label -> 1)
+            onehot = torch.nn.functional.one_hot(idx, logp.shape[1]).bool()
+            other = torch.logsumexp(logp.masked_fill(onehot, float("-inf")), dim=1)
+            comp = torch.as_tensor(np.asarray(complement, bool), device=self.device)
+            picked = torch.where(comp, other, picked)
         (grad,) = torch.autograd.grad(picked.sum(), x_t)
         grad = grad.cpu().numpy()
         grad = self.classifier._apply_preprocessing_gradient(x, grad)  # pylint: disable=protected-access
@@ -114,3 +121,75 @@ class PyTorchAdapter(FrameworkAdapter):
 
     def get_weights(self) -> List[np.ndarray]:
         return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
+
+    # ----------------------------------------------------------------------------------------------- channel pruning
+    def _channel_axis(self, layer: str) -> int:
+        return 1
+
+    def nb_channels(self, layer: Optional[str] = None) -> int:
+        return int(self.module(self.resolve_conv_layer(layer)).out_channels)
+
+    def prune_channels(self, layer: Optional[str], channels) -> None:
+        """
+        Persistent mask through ``torch.nn.utils.prune.custom_from_mask`` on the conv ``weight`` and ``bias``: the
+        masks are buffers (``weight_mask``, ``bias_mask``) saved in the ``state_dict`` and pickled with the module, and
+        the pruning hook recomputes ``weight = weight_orig * weight_mask`` before every forward pass, so masked
+        channels stay zero through fine-tuning. Load a saved ``state_dict`` into a model pruned the same way (or
+        pickle the whole module); ``torch.nn.utils.prune.remove`` bakes the zeros in.
+        """
+        import torch
+        from torch.nn.utils import prune
+
+        layer = self.resolve_conv_layer(layer)
+        module = self.module(layer)
+        idx = self._check_channels(channels, module.out_channels)
+        if len(idx) == 0:
+            return
+        index = torch.as_tensor(idx, dtype=torch.long)
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is None:
+                continue
+            mask = getattr(module, name + "_mask", None)
+            if mask is None:
+                mask = torch.ones_like(getattr(module, name))
+                mask[index] = 0
+                prune.custom_from_mask(module, name, mask)
+            else:
+                with torch.no_grad():
+                    mask[index] = 0  # the registered buffer, updated in place
+                    setattr(module, name, getattr(module, name + "_orig") * mask)
+
+    @staticmethod
+    def _check_channels(channels, nb: int) -> np.ndarray:
+        idx = np.unique(np.asarray(list(channels), dtype=np.int64))
+        if idx.size and (idx.min() < 0 or idx.max() >= nb):
+            raise ValueError(f"Channel indices must lie in [0, {nb}); got {idx.min()}..{idx.max()}.")
+        return idx
+
+    def pruned_channels(self, layer: Optional[str] = None) -> List[int]:
+        module = self.module(self.resolve_conv_layer(layer))
+        mask = getattr(module, "weight_mask", None)
+        if mask is None:
+            return []
+        alive = mask.detach().reshape(mask.shape[0], -1).abs().sum(dim=1).cpu().numpy()
+        return [int(c) for c in np.flatnonzero(alive == 0)]
+
+    def channel_weight_norms(self, layer: Optional[str] = None) -> np.ndarray:
+        module = self.module(self.resolve_conv_layer(layer))
+        norms = np.zeros(module.out_channels)
+        for name in ("weight", "bias"):
+            orig = getattr(module, name + "_orig", None)
+            if orig is not None:
+                value = orig * getattr(module, name + "_mask")
+            else:
+                value = getattr(module, name, None)
+            if value is not None:
+                norms += value.detach().reshape(module.out_channels, -1).abs().sum(dim=1).cpu().numpy()
+        return norms
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        optimizer = self.classifier.optimizer
+        if optimizer is None:
+            raise ValueError("The classifier has no optimizer; create the PyTorchClassifier with one to fine-tune it.")
+        for group in optimizer.param_groups:
+            group["lr"] = float(learning_rate)

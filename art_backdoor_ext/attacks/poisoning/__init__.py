@@ -1,10 +1,15 @@
 """Backdoor poisoners: trigger functions, ART poisoning attacks and poisoned-dataset builders."""
 from art_backdoor_ext.attacks.poisoning.dataset import PoisonedDataset, poison_dataset
 from art_backdoor_ext.attacks.poisoning.perturbations import (
+    PATTERN_KINDS,
+    PatternTrigger,
     add_distributed_trigger,
     add_localised_trigger,
+    add_pattern,
     distributed_trigger,
     localised_trigger,
+    make_pattern,
+    pattern_trigger,
 )
 
 __all__ = [
@@ -14,4 +19,23 @@ __all__ = [
     "add_distributed_trigger",
     "localised_trigger",
     "distributed_trigger",
+    "PATTERN_KINDS",
+    "PatternTrigger",
+    "make_pattern",
+    "add_pattern",
+    "pattern_trigger",
+    "PoisoningAttackInvisibleBackdoor",
+    "PoisoningAttackAdversarialTrigger",
 ]
+
+
+def __getattr__(name):  # lazy: the attack classes import ART's poisoning module
+    if name == "PoisoningAttackInvisibleBackdoor":
+        from art_backdoor_ext.attacks.poisoning.invisible_backdoor import PoisoningAttackInvisibleBackdoor
+
+        return PoisoningAttackInvisibleBackdoor
+    if name == "PoisoningAttackAdversarialTrigger":
+        from art_backdoor_ext.attacks.poisoning.adversarial_trigger import PoisoningAttackAdversarialTrigger
+
+        return PoisoningAttackAdversarialTrigger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

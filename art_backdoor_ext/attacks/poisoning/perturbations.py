@@ -7,6 +7,23 @@ They accept one image or a batch in any of the layouts ART uses (``NHWC``, ``NCH
 
 Visible triggers follow the AEGIS paper (https://arxiv.org/abs/2003.00865): a *localised* trigger is one square at the
 bottom-right corner, a *distributed* trigger two smaller squares at the top-left and bottom-right corners.
+
+Imperceptible additive patterns A-F follow the RE paper (https://arxiv.org/abs/2010.07489, supplementary section 8):
+images stay on the 8-bit grid ``{0, 1/255, ..., 1}`` after the pattern is added and clipped.
+
+* A ``"chessboard"``: every other pixel (``(i + j)`` even) +2/255, all channels;
+* B ``"static"``: pixel ``(i, j)`` +3/255 iff ``i`` and ``j`` are both even (Zhong et al.'s invisible static trigger,
+  https://doi.org/10.1145/3374664.3375751), all channels;
+* C ``"cross"``: a plus sign (``size`` x ``size`` bounding box, default 3: five pixels) +70/255, all channels;
+* D ``"square"``: a ``size`` x ``size`` square (default 3) +80/255 in the first channel only;
+* E ``"random-pixels"``: four random pixels of one random channel, each with a random sign and a magnitude drawn from
+  ``{80, ..., 96}/255``;
+* F ``"L"``: an L (a vertical bar of ``size`` pixels and a foot of ``size - 1`` pixels to its right; five pixels by
+  default) +70/255, all channels.
+
+The paper gives neither the sizes of C, D, F (taken here as 3-pixel shapes, which suits 28x28 MNIST as the paper's
+shapes suit 32x32 CIFAR-10) nor how locations are drawn (here uniformly where the shape fits). Random choices are drawn
+once from ``seed`` and are then fixed.
 """
 from __future__ import annotations
 
@@ -127,3 +144,196 @@ def distributed_trigger(size: int = 2, value: float = 1.0, margin: int = 1) -> P
 
     perturbation.__name__ = f"distributed_trigger_{size}px"
     return perturbation
+
+
+# ------------------------------------------------------------------------------------------------------ patterns A-F
+PATTERN_KINDS = ("chessboard", "static", "cross", "square", "random-pixels", "L")
+"""Canonical names of the RE paper's patterns A-F, in order."""
+
+PATTERN_ALIASES = {
+    "a": "chessboard", "chessboard": "chessboard",
+    "b": "static", "static": "static", "static-grid": "static", "grid": "static",
+    "c": "cross", "cross": "cross",
+    "d": "square", "square": "square",
+    "e": "random-pixels", "random-pixels": "random-pixels", "random_pixels": "random-pixels", "pixels": "random-pixels",
+    "f": "L", "l": "L", "l-shape": "L",
+}
+
+
+def canonical_pattern_kind(kind: str) -> str:
+    """Canonical pattern name for ``kind`` (``"A"``-``"F"`` or a name, case-insensitive); ValueError when unknown."""
+    if not isinstance(kind, str) or kind.strip().lower() not in PATTERN_ALIASES:
+        raise ValueError(f"Unknown pattern kind {kind!r}; use one of A-F or {', '.join(PATTERN_KINDS)}.")
+    return PATTERN_ALIASES[kind.strip().lower()]
+
+
+def _image_layout(image_shape, channels_first: Optional[bool]) -> Tuple[int, int, int, Optional[bool]]:
+    """``(h, w, c, channels_first)`` of one image of ``image_shape``; ``channels_first`` is None for ``(h, w)``."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 4:  # a batch shape: use one image
+        shape = shape[1:]
+    if len(shape) == 2:
+        h, w = shape
+        c, channels_first = 1, None
+    elif len(shape) == 3:
+        if channels_first is None:
+            channels_first = shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+        c, h, w = shape if channels_first else (shape[2], shape[0], shape[1])
+    else:
+        raise ValueError(f"image_shape must be (H, W), (C, H, W) or (H, W, C), got {image_shape!r}.")
+    if min(h, w, c) < 1:
+        raise ValueError(f"image_shape must have positive sizes, got {image_shape!r}.")
+    return h, w, c, channels_first
+
+
+def _shape_mask(kind: str, size: int) -> np.ndarray:
+    """Boolean ``size`` x ``size`` mask of the cross / square / L."""
+    m = np.zeros((size, size), bool)
+    if kind == "square":
+        m[:] = True
+    elif kind == "cross":
+        m[size // 2, :] = True
+        m[:, size // 2] = True
+    else:  # "L"
+        m[:, 0] = True
+        m[-1, :] = True
+    return m
+
+
+def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional[bool] = None, *,
+                 size: int = 3) -> np.ndarray:
+    """
+    The additive pattern of the RE paper's pattern ``kind`` (A-F) for images of ``image_shape``.
+
+    :param kind: ``"chessboard"`` (A), ``"static"`` (B), ``"cross"`` (C), ``"square"`` (D), ``"random-pixels"`` (E),
+                 ``"L"`` (F), or the letter.
+    :param image_shape: Shape of one image: ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)`` (a leading batch axis is ignored).
+    :param seed: Seed of the random location (C, D, E, F), channel, signs and magnitudes (E).
+    :param channels_first: Layout of ``image_shape`` when it has three axes; inferred when None.
+    :param size: Bounding-box size of the cross, square and L (ignored by A, B, E).
+    :return: float32 array of ``image_shape`` (one image) with the signed perturbation; on the 8-bit grid.
+    """
+    kind = canonical_pattern_kind(kind)
+    h, w, c, cf = _image_layout(image_shape, channels_first)
+    if int(size) < 2 and kind in ("cross", "L"):
+        raise ValueError(f"A {kind} needs size >= 2, got {size}.")
+    if int(size) < 1 or int(size) > min(h, w):
+        raise ValueError(f"size must be in [1, {min(h, w)}] for {h}x{w} images, got {size}.")
+    rng = np.random.default_rng([int(seed), PATTERN_KINDS.index(kind)])  # each kind its own draw for one seed
+    pat = np.zeros((h, w, c), np.float32)
+    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    if kind == "chessboard":
+        pat[(ii + jj) % 2 == 0] = 2.0 / 255
+    elif kind == "static":
+        pat[(ii % 2 == 0) & (jj % 2 == 0)] = 3.0 / 255
+    elif kind in ("cross", "square", "L"):
+        size = int(size)
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        mask = np.zeros((h, w), bool)
+        mask[top:top + size, left:left + size] = _shape_mask(kind, size)
+        if kind == "square":
+            pat[mask, 0] = 80.0 / 255
+        else:
+            pat[mask] = 70.0 / 255
+    else:  # random-pixels
+        flat = rng.choice(h * w, size=min(4, h * w), replace=False)
+        channel = int(rng.integers(0, c))
+        signs = rng.choice(np.array([-1.0, 1.0]), size=len(flat))
+        magnitudes = rng.integers(80, 97, size=len(flat)) / 255.0
+        pat[flat // w, flat % w, channel] = (signs * magnitudes).astype(np.float32)
+    if cf is None:
+        pat = pat[..., 0]
+    elif cf:
+        pat = np.moveaxis(pat, -1, 0)
+    return np.ascontiguousarray(pat, dtype=np.float32)
+
+
+def _pattern_as_hwc(pattern: np.ndarray, h: int, w: int, c: int, x_channel_first: Optional[bool]) -> np.ndarray:
+    """Bring one image's pattern to ``(h, w, c or 1)`` to match images of ``h`` x ``w`` with ``c`` channels."""
+    p = np.asarray(pattern, dtype=np.float32)
+    if p.ndim == 4 and p.shape[0] == 1:
+        p = p[0]
+    if p.ndim == 2 and p.shape == (h, w):
+        return p[..., np.newaxis]
+    if p.ndim == 3:
+        hwc_ok = p.shape[:2] == (h, w) and p.shape[2] in (1, c)
+        chw_ok = p.shape[1:] == (h, w) and p.shape[0] in (1, c)
+        if hwc_ok and chw_ok:  # ambiguous (h == w == c): follow the images' layout
+            return np.moveaxis(p, 0, -1) if x_channel_first else p
+        if hwc_ok:
+            return p
+        if chw_ok:
+            return np.moveaxis(p, 0, -1)
+    raise ValueError(f"A pattern of shape {p.shape} does not fit {h}x{w} images with {c} channel(s); give one image's "
+                     f"shape, e.g. ({c}, {h}, {w}), ({h}, {w}, {c}) or ({h}, {w}).")
+
+
+def add_pattern(x: np.ndarray, pattern: np.ndarray, channels_first: Optional[bool] = None,
+                quantise: bool = True) -> np.ndarray:
+    """
+    Add ``pattern`` to ``x``, clip to [0, 1] and round to the 8-bit grid (``round(x * 255) / 255``).
+
+    :param x: One image or a batch (``NHWC``, ``NCHW``, ``NHW``, ``HWC``, ``CHW``, ``HW``); never modified.
+    :param pattern: One image's additive pattern in either layout (or ``(H, W)``, applied to every channel).
+    :param channels_first: Layout of ``x``; inferred when None.
+    :param quantise: Round to the 8-bit grid (the RE paper's setting); False keeps continuous values.
+    :return: The poisoned images, in the layout and float dtype of ``x``.
+    """
+    out, restore = to_nhwc(x, channels_first)
+    batched, axis = infer_layout(np.asarray(x), channels_first)
+    x_cf = None if axis is None else axis == (1 if batched else 0)
+    p = _pattern_as_hwc(pattern, out.shape[1], out.shape[2], out.shape[3], x_cf)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("The pattern contains NaN or infinite values.")
+    out += p[np.newaxis]
+    np.clip(out, 0.0, 1.0, out=out)
+    if quantise:
+        out = np.round(out * 255.0) / 255.0
+    return restore(out.astype(np.float32))
+
+
+class PatternTrigger:
+    """
+    An additive pattern as ART's perturbation ``f(x) -> x`` (see :func:`add_pattern`); picklable.
+
+    :ivar pattern: The additive pattern (one image, the layout it was built for).
+    :ivar kind: The pattern's name (``"custom"`` for a user array).
+    """
+
+    def __init__(self, pattern: np.ndarray, kind: str = "custom", channels_first: Optional[bool] = None,
+                 quantise: bool = True):
+        pattern = np.array(pattern, dtype=np.float32, copy=True)
+        if pattern.ndim not in (2, 3) or not np.all(np.isfinite(pattern)):
+            raise ValueError(f"pattern must be one finite image (2 or 3 axes), got shape {pattern.shape}.")
+        pattern.setflags(write=False)
+        self.pattern = pattern
+        self.kind = kind
+        self.channels_first = channels_first
+        self.quantise = quantise
+        self.__name__ = f"pattern_trigger_{kind}"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return add_pattern(x, self.pattern, channels_first=self.channels_first, quantise=self.quantise)
+
+    def __repr__(self) -> str:
+        return f"PatternTrigger(kind={self.kind!r}, shape={self.pattern.shape}, l2={np.linalg.norm(self.pattern):.4f})"
+
+
+def pattern_trigger(kind_or_array, image_shape=None, seed: int = 0, channels_first: Optional[bool] = None,
+                    **kwargs) -> PatternTrigger:
+    """
+    An additive-pattern trigger ``f(x) -> x`` with a ``.pattern`` attribute.
+
+    :param kind_or_array: A pattern kind (A-F, see :func:`make_pattern`) or a user pattern array (one image).
+    :param image_shape: Shape of one image (needed for a kind).
+    :param seed: Seed of the pattern's random choices.
+    :param channels_first: Layout of ``image_shape`` / of the images the trigger is applied to; inferred when None.
+    :param kwargs: Passed to :func:`make_pattern` (e.g. ``size``).
+    """
+    if isinstance(kind_or_array, str):
+        if image_shape is None:
+            raise ValueError("pattern_trigger needs image_shape to build a pattern by name.")
+        kind = canonical_pattern_kind(kind_or_array)
+        return PatternTrigger(make_pattern(kind, image_shape, seed=seed, channels_first=channels_first, **kwargs),
+                              kind=kind)
+    return PatternTrigger(np.asarray(kind_or_array), kind="custom")

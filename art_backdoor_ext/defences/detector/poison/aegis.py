@@ -1,0 +1,398 @@
+"""
+AEGIS: backdoor detection for adversarially robust models by image translation, t-SNE and mean-shift clustering.
+
+Soremekun, Udeshi, Chattopadhyay: *AEGIS: Exposing Backdoors in Robust Machine Learning Models*
+(https://arxiv.org/abs/2003.00865), Algorithm 1 and Sections 3-5.
+
+A robust model "translates" any seed image into a perceptually aligned member of a class when the probability of
+that class is maximised with an (effectively unconstrained) targeted L2 PGD. In a backdoored class the model learnt a
+mixture of two distributions (clean images and triggered images), so the translated images split into several
+groups. Per class, AEGIS embeds the features of the class's training images together with those of the translated
+images with t-SNE and counts mean-shift clusters: a clean class gives two (the training cluster and the translated
+cluster), a backdoored class more.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from art.defences.detector.poison import PoisonFilteringDefence
+
+from art_backdoor_ext.estimators import get_adapter
+from art_backdoor_ext.utils import check_xy, progress
+
+logger = logging.getLogger(__name__)
+
+
+class AEGISDefence(PoisonFilteringDefence):
+    """
+    AEGIS (Algorithm 1 of Soremekun et al.): for every class ``y``
+
+    1. draw ``nb_seeds`` seed images from the training set (any class, seeded) and translate them to ``y`` with
+       targeted L2 PGD (ART's ``ProjectedGradientDescent(norm=2, targeted=True)``, large ``eps``); all classes are
+       translated in one batched PGD call with per-image target labels;
+    2. compute the features of the class-``y`` training images and of the translated images at ``layer``
+       (``None`` = penultimate layer; the authors' code used the last conv block before pooling, e.g. ``"relu2"``);
+    3. optionally reduce them with PCA (the authors' code: ~150 dimensions), then embed them in 2-D with t-SNE
+       (perplexity 30);
+    4. cluster the embedding with mean-shift (bandwidth from ``sklearn.cluster.estimate_bandwidth`` unless given).
+
+    A class with more than ``cluster_threshold`` (2) clusters is suspected, and any suspected class means the model is
+    backdoored; ``target_class`` is the suspected class with the most clusters.
+
+    AEGIS is a **model-level** detector: the paper decides whether a model (and which class) is backdoored and does
+    not mark training images. The ``is_clean`` list returned by :meth:`detect_poison` is our extension: the training
+    images of a suspected class that fall outside that class's main training cluster (the mean-shift cluster holding
+    most of its training images) are marked 0, every other image 1.
+
+    AEGIS presumes an adversarially robust model (e.g. trained with :func:`art_backdoor_ext.models.train_robust`);
+    a warning is raised when a small untargeted L2 PGD already flips most predictions.
+
+    After :meth:`detect_poison` the 2-D embeddings, cluster labels and translated images are kept per class, for
+    :meth:`plot_clusters` and :meth:`plot_cluster_exemplars` (the paper's Figures 4-7).
+    """
+
+    defence_params = [
+        "classifier", "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
+        "bandwidth", "bandwidth_quantile", "cluster_threshold", "min_cluster_size", "max_train_per_class",
+        "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
+    ]
+
+    def __init__(
+        self,
+        classifier,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        nb_seeds: int = 200,
+        eps: float = 100.0,
+        eps_step: float = 0.5,
+        max_iter: int = 40,
+        layer: Optional[str] = None,
+        pca_components: Optional[int] = 50,
+        perplexity: float = 30.0,
+        tsne_iter: int = 500,
+        bandwidth: Optional[float] = None,
+        bandwidth_quantile: float = 0.3,
+        cluster_threshold: int = 2,
+        min_cluster_size: int = 1,
+        max_train_per_class: Optional[int] = None,
+        batch_size: int = 256,
+        robustness_check: bool = True,
+        robustness_eps: float = 1.0,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        """
+        :param classifier: A trained ART classifier (PyTorch or Keras), ideally adversarially robust.
+        :param x_train: Training images (the model's layout).
+        :param y_train: Training labels, integer or one-hot.
+        :param nb_seeds: Seed images translated per class (paper: 500).
+        :param eps: L2 budget of the translation (paper: 100 on MNIST, i.e. effectively unconstrained).
+        :param eps_step: L2 PGD step size (authors' code: 0.25-1.5).
+        :param max_iter: PGD steps (authors' code: 50-150).
+        :param layer: Feature layer name; ``None`` = the penultimate layer (the paper). Conv features before pooling
+                      (``"relu2"`` in the reference CNNs) follow the authors' code.
+        :param pca_components: Reduce the features to this many dimensions with PCA before t-SNE when they have more;
+                               ``None`` or 0 = no PCA.
+        :param perplexity: t-SNE perplexity (paper: 30); lowered automatically for very small classes.
+        :param tsne_iter: t-SNE optimisation iterations (>= 250; scikit-learn's default is 1000, 500 suffice for a
+                          few hundred points).
+        :param bandwidth: Mean-shift bandwidth; ``None`` = ``estimate_bandwidth`` per class (paper).
+        :param bandwidth_quantile: ``quantile`` passed to ``estimate_bandwidth`` (scikit-learn's default 0.3).
+        :param cluster_threshold: A class with more clusters than this is suspected (paper: 2).
+        :param min_cluster_size: Clusters with fewer points are not counted (1 = count every cluster, as the paper).
+        :param max_train_per_class: Use at most this many training images per class (random, seeded); ``None`` = all.
+                                    Images left out are always marked clean in ``is_clean``.
+        :param batch_size: Batch size of PGD and feature extraction.
+        :param robustness_check: Warn when the classifier does not look adversarially robust.
+        :param robustness_eps: L2 radius of the robustness check (untargeted PGD, 10 steps, 100 images).
+        :param seed: Seed for seed sampling, subsampling, PGD, t-SNE and bandwidth estimation.
+        :param verbose: Progress bars.
+        """
+        super().__init__(classifier, x_train, y_train)
+        self.nb_seeds = nb_seeds
+        self.eps = eps
+        self.eps_step = eps_step
+        self.max_iter = max_iter
+        self.layer = layer
+        self.pca_components = pca_components
+        self.perplexity = perplexity
+        self.tsne_iter = tsne_iter
+        self.bandwidth = bandwidth
+        self.bandwidth_quantile = bandwidth_quantile
+        self.cluster_threshold = cluster_threshold
+        self.min_cluster_size = min_cluster_size
+        self.max_train_per_class = max_train_per_class
+        self.batch_size = batch_size
+        self.robustness_check = robustness_check
+        self.robustness_eps = robustness_eps
+        self.seed = seed
+        self.verbose = verbose
+        self._check_params()
+        self._adapter = get_adapter(classifier)
+        self._x, self._labels = check_xy(x_train, y_train, self._adapter.nb_classes)
+        self._adapter.resolve_layer(layer)
+        self.embeddings_: Dict[int, np.ndarray] = {}
+        self.cluster_labels_: Dict[int, np.ndarray] = {}
+        self.is_translated_: Dict[int, np.ndarray] = {}
+        self.translated_: Dict[int, np.ndarray] = {}
+        self.train_indices_: Dict[int, np.ndarray] = {}
+        self.report_: Optional[Dict[str, Any]] = None
+
+    # ----------------------------------------------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        def is_int(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        if not is_int(self.nb_seeds) or self.nb_seeds < 2:
+            raise ValueError(f"nb_seeds must be an integer >= 2 (the paper uses 500), got {self.nb_seeds!r}.")
+        if not self.eps > 0 or not self.eps_step > 0:
+            raise ValueError(f"eps and eps_step must be > 0 (paper: eps 100 on MNIST), got {self.eps!r}, "
+                             f"{self.eps_step!r}.")
+        if not is_int(self.max_iter) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}.")
+        if self.pca_components is not None and (not is_int(self.pca_components) or self.pca_components < 0):
+            raise ValueError(f"pca_components must be None, 0 or a positive integer, got {self.pca_components!r}.")
+        if not self.perplexity > 0:
+            raise ValueError(f"perplexity must be > 0 (paper: 30), got {self.perplexity!r}.")
+        if not is_int(self.tsne_iter) or self.tsne_iter < 250:
+            raise ValueError(f"tsne_iter must be an integer >= 250 (scikit-learn's minimum), got {self.tsne_iter!r}.")
+        if self.bandwidth is not None and not self.bandwidth > 0:
+            raise ValueError(f"bandwidth must be None (estimated) or > 0, got {self.bandwidth!r}.")
+        if not 0 < self.bandwidth_quantile <= 1:
+            raise ValueError(f"bandwidth_quantile must be in (0, 1], got {self.bandwidth_quantile!r}.")
+        if not is_int(self.cluster_threshold) or self.cluster_threshold < 1:
+            raise ValueError(f"cluster_threshold must be an integer >= 1 (paper: 2), got {self.cluster_threshold!r}.")
+        if not is_int(self.min_cluster_size) or self.min_cluster_size < 1:
+            raise ValueError(f"min_cluster_size must be an integer >= 1, got {self.min_cluster_size!r}.")
+        if self.max_train_per_class is not None and (not is_int(self.max_train_per_class)
+                                                     or self.max_train_per_class < 2):
+            raise ValueError(f"max_train_per_class must be None or an integer >= 2, got {self.max_train_per_class!r}.")
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        if not self.robustness_eps > 0:
+            raise ValueError(f"robustness_eps must be > 0, got {self.robustness_eps!r}.")
+
+    # ----------------------------------------------------------------------------------------------------- steps
+    def check_robustness(self, nb_images: int = 100, eps: Optional[float] = None) -> float:
+        """
+        Fraction of (correctly classified) training images whose prediction an untargeted L2 PGD of radius ``eps``
+        (default ``robustness_eps``, 10 steps) flips. Warns when it is over one half: AEGIS presumes a robust model.
+        """
+        from art.attacks.evasion import ProjectedGradientDescent
+
+        eps = self.robustness_eps if eps is None else eps
+        rng = np.random.default_rng(self.seed + 1)
+        idx = rng.choice(len(self._x), size=min(nb_images, len(self._x)), replace=False)
+        x = self._x[idx]
+        pred = self._adapter.predict_labels(x)
+        x = x[pred == self._labels[idx]]
+        if len(x) == 0:
+            flip = 1.0
+        else:
+            pgd = ProjectedGradientDescent(self.classifier, norm=2, eps=eps, eps_step=eps / 4, max_iter=10,
+                                           targeted=False, num_random_init=0, batch_size=self.batch_size,
+                                           verbose=False)
+            x_adv = pgd.generate(x)
+            flip = float(np.mean(self._adapter.predict_labels(x_adv) != self._adapter.predict_labels(x)))
+        if flip > 0.5:
+            msg = (f"AEGIS presumes an adversarially robust model, but an L2 PGD of radius {eps} flips {flip:.0%} of "
+                   "the predictions; translated images will be adversarial noise rather than class features and the "
+                   "cluster counts may be meaningless. Train with art_backdoor_ext.models.train_robust.")
+            logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+        return flip
+
+    def translate(self) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Translate ``nb_seeds`` seed images to every class with one batched targeted L2 PGD.
+
+        :return: ``(x_translated, target_labels)``, ``nb_seeds`` images per class, grouped by class.
+        """
+        from art.attacks.evasion import ProjectedGradientDescent
+
+        k = self._adapter.nb_classes
+        rng = np.random.default_rng(self.seed)
+        n_total = self.nb_seeds * k
+        seeds = rng.choice(len(self._x), size=n_total, replace=n_total > len(self._x))
+        targets = np.repeat(np.arange(k), self.nb_seeds)
+        np.random.seed(self.seed)  # ART's PGD draws from numpy's global generator
+        pgd = ProjectedGradientDescent(self.classifier, norm=2, eps=self.eps, eps_step=self.eps_step,
+                                       max_iter=self.max_iter, targeted=True, num_random_init=0,
+                                       batch_size=self.batch_size, verbose=self.verbose)
+        x_trans = pgd.generate(self._x[seeds], y=np.eye(k, dtype=np.float32)[targets])
+        return np.asarray(x_trans, np.float32), targets
+
+    def _embed(self, feats: np.ndarray) -> np.ndarray:
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        feats = np.asarray(feats, np.float64)
+        if self.pca_components and feats.shape[1] > self.pca_components and len(feats) > self.pca_components:
+            feats = PCA(n_components=self.pca_components, random_state=self.seed).fit_transform(feats)
+        perplexity = float(min(self.perplexity, max(1.0, (len(feats) - 1) / 3.0)))
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=self.tsne_iter,
+                    random_state=self.seed)
+        return tsne.fit_transform(feats).astype(np.float32)
+
+    def _cluster(self, emb: np.ndarray) -> Tuple[np.ndarray, float]:
+        from sklearn.cluster import MeanShift, estimate_bandwidth
+
+        bw = self.bandwidth
+        if bw is None:
+            bw = float(estimate_bandwidth(emb, quantile=self.bandwidth_quantile, random_state=self.seed))
+            if not bw > 0:
+                bw = float(np.std(emb)) or 1.0
+        labels = MeanShift(bandwidth=bw, bin_seeding=True).fit_predict(emb)
+        return labels, float(bw)
+
+    # ----------------------------------------------------------------------------------------------------- API
+    def detect_poison(self, **kwargs) -> Tuple[Dict[str, Any], List[int]]:
+        """
+        Run AEGIS on every class.
+
+        :param kwargs: Any of :attr:`defence_params` to override before running.
+        :return: ``(report, is_clean)``. The report has ``detected``, ``suspected_classes``, ``target_class``,
+                 ``nb_clusters`` (per class), ``per_class`` (per class: ``nb_clusters``, ``bandwidth``,
+                 ``cluster_sizes_train`` and ``cluster_sizes_translated`` (per counted cluster, largest first),
+                 ``translation_success`` (fraction of translated images predicted as the class),
+                 ``train_in_translated_clusters`` (training images in clusters made mostly of translated images: a
+                 diagnostic of ours, not the paper's rule)), ``layer``, ``translation_success`` (overall),
+                 ``robustness_flip_rate`` and ``seconds``. ``is_clean`` (1 = clean) is our extension, see the class
+                 docstring.
+        """
+        if kwargs:
+            self.set_params(**kwargs)
+            self._adapter.resolve_layer(self.layer)
+        start = time.perf_counter()
+        adapter = self._adapter
+        layer = adapter.resolve_layer(self.layer)
+        k = adapter.nb_classes
+        flip = self.check_robustness() if self.robustness_check else None
+
+        t0 = time.perf_counter()
+        x_trans, targets = self.translate()
+        seconds_pgd = time.perf_counter() - t0
+        trans_pred = adapter.predict_labels(x_trans)
+        feats_trans = adapter.get_features(x_trans, layer=layer, batch_size=self.batch_size)
+        feats_train = adapter.get_features(self._x, layer=layer, batch_size=self.batch_size)
+
+        rng = np.random.default_rng(self.seed + 2)
+        is_clean = np.ones(len(self._x), int)
+        per_class: Dict[int, Dict[str, Any]] = {}
+        self.embeddings_, self.cluster_labels_, self.is_translated_ = {}, {}, {}
+        self.translated_, self.train_indices_ = {}, {}
+        t0 = time.perf_counter()
+        for c in progress(range(k), self.verbose, desc="AEGIS classes", total=k):
+            idx = np.flatnonzero(self._labels == c)
+            if self.max_train_per_class is not None and len(idx) > self.max_train_per_class:
+                idx = np.sort(rng.choice(idx, self.max_train_per_class, replace=False))
+            sel = targets == c
+            feats = np.concatenate([feats_train[idx], feats_trans[sel]])
+            translated = np.r_[np.zeros(len(idx), bool), np.ones(int(sel.sum()), bool)]
+            emb = self._embed(feats)
+            labels, bw = self._cluster(emb)
+            ids, counts = np.unique(labels, return_counts=True)
+            order = np.argsort(-counts)
+            ids, counts = ids[order], counts[order]
+            counted = ids[counts >= self.min_cluster_size]
+            sizes_train = [int(np.sum((labels == i) & ~translated)) for i in counted]
+            sizes_trans = [int(np.sum((labels == i) & translated)) for i in counted]
+            n_clusters = int(len(counted))
+            # training images inside clusters made mostly of translated images (a diagnostic, not the paper's rule)
+            mixed = sum(a for a, b in zip(sizes_train, sizes_trans) if b > a)
+            per_class[c] = {
+                "nb_clusters": n_clusters,
+                "bandwidth": bw,
+                "cluster_sizes_train": sizes_train,
+                "cluster_sizes_translated": sizes_trans,
+                "nb_train": int(len(idx)),
+                "nb_translated": int(sel.sum()),
+                "translation_success": float(np.mean(trans_pred[sel] == c)),
+                "train_in_translated_clusters": int(mixed),
+            }
+            if n_clusters > self.cluster_threshold:
+                main = counted[int(np.argmax(sizes_train))]
+                outside = idx[labels[: len(idx)] != main]
+                is_clean[outside] = 0
+            self.embeddings_[c] = emb
+            self.cluster_labels_[c] = labels
+            self.is_translated_[c] = translated
+            self.translated_[c] = x_trans[sel]
+            self.train_indices_[c] = idx
+        seconds_cluster = time.perf_counter() - t0
+
+        nb_clusters = {c: per_class[c]["nb_clusters"] for c in range(k)}
+        suspected = sorted([c for c in range(k) if nb_clusters[c] > self.cluster_threshold],
+                           key=lambda c: (-nb_clusters[c], c))
+        report: Dict[str, Any] = {
+            "detected": bool(suspected),
+            "suspected_classes": suspected,
+            "target_class": suspected[0] if suspected else None,
+            "nb_clusters": nb_clusters,
+            "per_class": per_class,
+            "layer": layer,
+            "robustness_flip_rate": flip,
+            "translation_success": float(np.mean(trans_pred == targets)),
+            "seconds_translation": seconds_pgd,
+            "seconds_clustering": seconds_cluster,
+            "seconds": time.perf_counter() - start,
+        }
+        self.report_ = report
+        logger.info("AEGIS: clusters per class %s; suspected %s (%.1fs).", nb_clusters, suspected, report["seconds"])
+        return report, is_clean.tolist()
+
+    def evaluate_defence(self, is_clean: np.ndarray, **kwargs) -> str:
+        """
+        Confusion matrix (ART's ``GroundTruthEvaluator``) of the last :meth:`detect_poison` marking against
+        ``is_clean`` (1 = clean), per class, as JSON.
+        """
+        from art.defences.detector.poison.ground_truth_evaluator import GroundTruthEvaluator
+
+        if self.report_ is None:
+            self.detect_poison()
+        is_clean = np.asarray(is_clean).astype(int).ravel()
+        if len(is_clean) != len(self._x):
+            raise ValueError(f"is_clean must have one entry per training image ({len(self._x)}), got {len(is_clean)}.")
+        predicted = np.ones(len(self._x), int)
+        for c, idx in self.train_indices_.items():
+            if self.report_["nb_clusters"][c] > self.cluster_threshold:
+                labels = self.cluster_labels_[c][: len(idx)]
+                values, counts = np.unique(labels, return_counts=True)
+                predicted[idx[labels != values[np.argmax(counts)]]] = 0
+        k = self._adapter.nb_classes
+        assigned = [predicted[self._labels == c] for c in range(k)]
+        truth = [is_clean[self._labels == c] for c in range(k)]
+        _, json_report = GroundTruthEvaluator().analyze_correctness(assigned, truth)
+        return json_report
+
+    # ----------------------------------------------------------------------------------------------------- plots
+    def cluster_data(self, cls: int) -> Dict[str, Any]:
+        """The 2-D embedding, cluster labels, training/translated mask and translated images of one class."""
+        if cls not in self.embeddings_:
+            raise ValueError(f"No AEGIS results for class {cls!r}; run detect_poison() first "
+                             f"(classes available: {sorted(self.embeddings_)}).")
+        return {
+            "cls": int(cls),
+            "embedding": self.embeddings_[cls],
+            "labels": self.cluster_labels_[cls],
+            "is_translated": self.is_translated_[cls],
+            "translated": self.translated_[cls],
+            "train_images": self._x[self.train_indices_[cls]],
+            "nb_clusters": self.report_["nb_clusters"][cls] if self.report_ else None,
+        }
+
+    def plot_clusters(self, cls: int, **kwargs):
+        """t-SNE points of one class coloured by mean-shift cluster, training vs translated marked (paper Fig. 4-6)."""
+        from art_backdoor_ext.plotting.clusters import plot_clusters
+
+        return plot_clusters(self, cls, **kwargs)
+
+    def plot_cluster_exemplars(self, cls: int, **kwargs):
+        """Translated images of one class, a row per cluster (paper Fig. 7): shows the trigger the model learnt."""
+        from art_backdoor_ext.plotting.clusters import plot_cluster_exemplars
+
+        return plot_cluster_exemplars(self, cls, **kwargs)
