@@ -98,3 +98,22 @@ def progress(iterable=None, verbose: bool = False, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=not verbose, **kwargs)
+
+
+def poison_labels(x: np.ndarray, y: Optional[np.ndarray], broadcast: bool = False) -> tuple:
+    """
+    Validate the inputs of a targeted poisoning attack's ``poison(x, y, broadcast)`` as ART's
+    ``PoisoningAttackBackdoor`` does: ``y`` (target labels) is required; with ``broadcast`` one label is repeated for
+    every image. Returns ``(x, y_attack)`` with ``y_attack`` a new array.
+    """
+    if y is None:
+        raise ValueError("Target labels `y` must be given for this targeted attack (broadcast=True for one label).")
+    x = np.asarray(x)
+    if x.size == 0 or len(x) == 0:
+        raise ValueError("Must input at least one image to poison.")
+    y = np.asarray(y)
+    if broadcast:
+        return x, np.broadcast_to(y, (x.shape[0],) + y.shape).copy()
+    if len(y) != len(x):
+        raise ValueError(f"x and y have different lengths ({len(x)} and {len(y)}).")
+    return x, np.copy(y)

@@ -25,7 +25,7 @@ from art.estimators.estimator import BaseEstimator, NeuralNetworkMixin
 
 from art_backdoor_ext.attacks.poisoning.perturbations import PatternTrigger
 from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import batches, progress
+from art_backdoor_ext.utils import batches, poison_labels, progress
 
 logger = logging.getLogger(__name__)
 
@@ -185,18 +185,7 @@ class PoisoningAttackAdversarialTrigger(PoisoningAttackWhiteBox):
         """
         if self.pattern is None:
             raise ValueError("Call generate_pattern(x_source) before poison().")
-        if y is None:
-            raise ValueError("Target labels `y` must be given for this targeted attack (broadcast=True for one label).")
-        x = np.asarray(x)
-        if len(x) == 0:
-            raise ValueError("Must input at least one image to poison.")
-        y = np.asarray(y)
-        if broadcast:
-            y_attack = np.broadcast_to(y, (x.shape[0],) + y.shape).copy()
-        else:
-            if len(y) != len(x):
-                raise ValueError(f"x and y have different lengths ({len(x)} and {len(y)}).")
-            y_attack = np.copy(y)
+        x, y_attack = poison_labels(x, y, broadcast)
         return self.trigger()(x), y_attack
 
     def target_probability(self, x: np.ndarray, with_pattern: bool = True) -> np.ndarray:

@@ -13,6 +13,7 @@ import logging
 from typing import Optional, Tuple, Union
 
 import numpy as np
+
 from art.attacks.attack import PoisoningAttackBlackBox
 
 from art_backdoor_ext.attacks.poisoning.perturbations import (
@@ -22,6 +23,7 @@ from art_backdoor_ext.attacks.poisoning.perturbations import (
     infer_layout,
     make_pattern,
 )
+from art_backdoor_ext.utils import poison_labels
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +108,7 @@ class PoisoningAttackInvisibleBackdoor(PoisoningAttackBlackBox):
         :param y: Target labels (one-hot or integer); with ``broadcast`` one label given for all images.
         :param broadcast: Broadcast a single target label ``y`` to every image.
         """
-        if y is None:
-            raise ValueError("Target labels `y` must be given for this targeted attack (broadcast=True for one label).")
-        x = np.asarray(x)
-        if x.size == 0 or len(x) == 0:
-            raise ValueError("Must input at least one image to poison.")
-        y = np.asarray(y)
-        if broadcast:
-            y_attack = np.broadcast_to(y, (x.shape[0],) + y.shape).copy()
-        else:
-            if len(y) != len(x):
-                raise ValueError(f"x and y have different lengths ({len(x)} and {len(y)}).")
-            y_attack = np.copy(y)
+        x, y_attack = poison_labels(x, y, broadcast)
         if self.pattern is None:
             self.pattern = self._build(image_shape_of(x, self.channels_first))
             logger.info("Built the %s pattern for images of shape %s.", self.kind, self.pattern.shape)
