@@ -16,12 +16,12 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-$(STAMP): $(LOCK) setup.cfg pyproject.toml
+$(STAMP): $(LOCK) setup.cfg pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade "pip>=24" setuptools wheel
 	$(PIP) install -q --disable-pip-version-check -c $(LOCK) torch torchvision tensorflow-cpu -e ".[test,tsne]"
 	@# tf-keras and keras-surgeon declare pins that conflict with tensorflow-cpu / Keras 3 (docs/environment.md)
-	$(PIP) install -q --disable-pip-version-check --no-deps -c $(LOCK) tf-keras kerassurgeon importlib-metadata
+	$(PIP) install -q --disable-pip-version-check --no-deps -c $(LOCK) tf-keras kerassurgeon importlib-metadata lazy-importer
 	@touch $@
 
 test: $(STAMP)
