@@ -299,13 +299,14 @@ def run_scenario(scenario: Scenario, defences: Iterable[str] = ("ac", "ss"), ver
 
 
 # ------------------------------------------------------------------------------------------------------ output
-def _fmt(v: Any) -> str:
+def format_value(v: Any, digits: int = 3) -> str:
+    """One table cell: ``-`` for None/NaN, yes/no for booleans, floats to ``digits`` decimals."""
     if v is None:
         return "-"
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
-    if isinstance(v, float):
-        return "-" if np.isnan(v) else f"{v:.3f}"
+    if isinstance(v, (float, np.floating)):
+        return "-" if np.isnan(v) else f"{v:.{digits}f}"
     return str(v)
 
 
@@ -320,7 +321,7 @@ def format_table(results: Union[ScenarioResult, Sequence[ScenarioResult]]) -> st
         for row in res.rows or [DefenceResult("(none)", None, None)]:
             cells = [res.scenario.name, res.clean_accuracy, res.asr, row.defence, row.detected, row.target_class,
                      row.tpr, row.fpr_target, row.fpr, row.clean_accuracy, row.asr, row.seconds]
-            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(format_value(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

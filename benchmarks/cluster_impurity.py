@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from art_backdoor_ext.defences.detector.poison.cluster_impurity import ClusterImpurityDefence
-from art_backdoor_ext.evaluation import Scenario, ScenarioResult, _ensure_registered, format_table, prepare_scenario
+from art_backdoor_ext.evaluation import (Scenario, ScenarioResult, _ensure_registered, format_table, format_value,
+                                         prepare_scenario)
 from art_backdoor_ext.metrics import DefenceResult, filtering_rates
 
 TARGET = 7
@@ -92,16 +93,6 @@ def run(widths, attacks, epochs: int, n_per_source: int, verbose: bool = False):
     return results, details
 
 
-def _f(v, digits=2):
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return "-" if np.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
 def detail_table(details) -> str:
     header = ["CNN", "trigger", "ASR", "CI", "k target", "k median", "max imp. target", "max imp. other",
               "blur flips poison", "blur flips clean target", "detected", "target", "TPR", "FPR (target)",
@@ -116,7 +107,7 @@ def detail_table(details) -> str:
         cells = [d["width"], d["label"], d["asr"], d["defence"], d["k_target"], d["k_median"], d["imp_target"],
                  d["imp_other"], d["flip_poison"], d["flip_clean_target"], verdict, d["target_class"], d["tpr"],
                  d["fpr_target"], d["fpr"], d["seconds"]]
-        lines.append("| " + " | ".join(_f(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(format_value(c, 2) for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -20,20 +20,10 @@ import time
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import DEFENCES, Scenario, _ensure_registered, run_scenario, save_results
+from art_backdoor_ext.evaluation import DEFENCES, Scenario, _ensure_registered, run_scenario, save_results, format_value
 
 CONFIG_SOURCES = {"1SC": [1], "3SC": [1, 2, 3], "9SC": None}
 DEFAULT_N = {"1SC": 100, "3SC": 40, "9SC": 15}
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return "-" if np.isnan(v) else f"{v:.3f}"
-    return str(v)
 
 
 def table(entries) -> str:
@@ -46,7 +36,7 @@ def table(entries) -> str:
                 else (row.target_class == res.scenario.target)
             cells = [pattern, config, res.clean_accuracy, res.asr, row.defence, row.detected, row.target_class, ok,
                      row.tpr, row.fpr_target, row.clean_accuracy, row.asr, row.seconds, row.notes]
-            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(format_value(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
