@@ -31,6 +31,24 @@ def test_global_patterns_match_paper():
     np.testing.assert_array_equal(make_pattern("static", (28, 28)), b)
 
 
+def test_chessboard_patch_is_the_papers_mnist_attack():
+    # RE paper, supplementary Section 19 / Fig. 14: a 6x6 chessboard patch of 25/255 at the bottom-right corner
+    p = make_pattern("A", (1, 28, 28), magnitude=25 / 255, patch=6)[0]
+    assert np.count_nonzero(p) == 18 and np.all(p[:22] == 0) and np.all(p[:, :22] == 0)
+    np.testing.assert_allclose(p[22:, 22:], np.where((np.add.outer(np.arange(22, 28), np.arange(22, 28)) % 2) == 0,
+                                                     25 / 255, 0), atol=1e-7)
+    # magnitude alone rescales the image-wide pattern, on the 8-bit grid; other kinds keep their shapes
+    np.testing.assert_allclose(make_pattern("B", (28, 28), magnitude=9 / 255), make_pattern("B", (28, 28)) * 3)
+    c = make_pattern("C", (28, 28), seed=2, magnitude=0.5)
+    np.testing.assert_array_equal(c > 0, make_pattern("C", (28, 28), seed=2) > 0)
+    assert np.isclose(c.max(), 128 / 255)
+    for bad in (dict(magnitude=0.0), dict(magnitude=1.5), dict(patch=0), dict(patch=29)):
+        with pytest.raises(ValueError):
+            make_pattern("A", (1, 28, 28), **bad)
+    with pytest.raises(ValueError, match="patch"):
+        make_pattern("C", (1, 28, 28), patch=6)
+
+
 def test_local_patterns_match_paper():
     c = make_pattern("C", (3, 32, 32), seed=1)
     assert (c != 0).sum() == 3 * 5 and set(_levels(c)) == {70}  # a plus sign in all channels

@@ -6,9 +6,12 @@ import pytest
 
 from art_backdoor_ext.evaluation import Scenario
 
-# pattern C (a 3x3 cross, +70/255) from three source classes: the compact CNN learns it in 10 epochs (ASR ~0.86);
-# patterns A/B (+2/255 / +3/255 everywhere) are not learned by the compact CNN at this scale, see the benchmark
-CROSS_3SC = Scenario(attack="pattern-C", target=7, sources=[1, 2, 3], n_per_source=40, nb_epochs=10)
+# The RE paper's MNIST attack (supplementary Section 19, Fig. 14): a 6x6 chessboard patch of 25/255 at the bottom-right
+# corner, here from three source classes (3SC), 60 images each (15% of a source class; the paper: 500 of ~6,000 with 60
+# epochs). The compact CNN learns it in 15 epochs (ASR ~0.94). The image-wide 2/255 chessboard (pattern A, the paper's
+# CIFAR-10 attack) is not learned by this CNN on 4,000 images: see benchmarks/results/reverse_engineering_compact.md.
+CHESS_3SC = Scenario(attack="chessboard-patch", target=7, sources=[1, 2, 3], n_per_source=60, nb_epochs=15)
+CLEAN_SAME = Scenario(attack=None, nb_epochs=15)  # the same data and training without poisoning
 CLEAN = Scenario(attack=None, nb_epochs=5)  # shared with tests/test_models.py, test_poisoners.py, ...
 
 
@@ -16,7 +19,7 @@ CLEAN = Scenario(attack=None, nb_epochs=5)  # shared with tests/test_models.py, 
 def poisoned_run(scenario_ctx):
     from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
 
-    ctx = scenario_ctx(CROSS_3SC)
+    ctx = scenario_ctx(CHESS_3SC)
     x_before = ctx.x_train.copy()
     defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train)
     report, is_clean = defence.detect_poison()
@@ -33,9 +36,24 @@ def test_detects_pattern_and_cleanses(poisoned_run):
     assert report["target_class"] == 7 and report["suspected_classes"][0] == 7
     assert report["source_class"] in (1, 2, 3)
     rates = filtering_rates(is_clean, ctx.is_poison, ctx.y_train, ctx.target)
-    assert rates.tpr >= 0.9, rates
-    assert rates.fpr_target <= 0.15, rates  # measured 0.11 (loaded machine, 10 epochs); issue asks 0.1
+    assert rates.tpr >= 0.9, rates  # measured 0.93
+    assert rates.fpr_target <= 0.1, rates  # measured 0.005
     assert set(np.flatnonzero(is_clean == 0)) <= set(np.flatnonzero(ctx.y_train == 7))
+    # the recovered pattern sits on the true one: most of its mass in the bottom-right 6x6 corner
+    pattern = np.abs(report["pattern"][0])
+    assert pattern[22:, 22:].sum() > 0.5 * pattern.sum()
+
+
+def test_paper_rule_on_the_same_patterns(poisoned_run):
+    # a second call that only changes inference parameters reuses the estimated patterns
+    ctx, defence, report, is_clean = poisoned_run
+    paper, is_clean_paper = defence.detect_poison(normalize_sources=False)
+    try:
+        assert paper["patterns"] is report["patterns"]
+        assert paper["seconds_estimation"] == report["seconds_estimation"]
+        assert paper["detected"] and paper["target_class"] == 7
+    finally:
+        defence.detect_poison(normalize_sources=True)  # leave the shared defence as the fixture made it
 
 
 def test_report_contents(poisoned_run):
@@ -73,7 +91,7 @@ def test_plots(poisoned_run):
 def test_clean_model_not_flagged(scenario_ctx):
     from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
 
-    ctx = scenario_ctx(CLEAN)
+    ctx = scenario_ctx(CLEAN_SAME)
     y_onehot = np.eye(ctx.nb_classes)[ctx.y_train]  # one-hot labels are accepted
     report, is_clean = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, y_onehot).detect_poison()
     assert not report["detected"], report["class_p_values"]

@@ -2,7 +2,8 @@
 Harness attacks for the invisible triggers (issue 3).
 
 * ``"static"``: Zhong et al.'s invisible static trigger (+3/255 where row and column are both even; = pattern B);
-* ``"pattern-A"`` ... ``"pattern-F"`` (and ``"chessboard"``): the RE paper's imperceptible patterns;
+* ``"pattern-A"`` ... ``"pattern-F"`` (and ``"chessboard"``): the RE paper's imperceptible patterns (CIFAR-10 settings);
+* ``"chessboard-patch"``: the RE paper's MNIST attack, a 6x6 chessboard patch of 25/255 at the bottom-right corner;
 * ``"adversarial"``: Zhong et al.'s adversarial trigger, built on a clean surrogate of the scenario's framework.
 
 Every factory returns a :class:`~art_backdoor_ext.attacks.poisoning.perturbations.PatternTrigger`, a trigger function
@@ -36,10 +37,11 @@ def _static(ctx: AttackContext, magnitude: float = 3.0):
     return PatternTrigger(pattern * (float(magnitude) / 3.0), kind="static")
 
 
-def _pattern_factory(kind: str):
-    def factory(ctx: AttackContext, seed: int = None, size: int = 3):
+def _pattern_factory(kind: str, **defaults):
+    def factory(ctx: AttackContext, seed: int = None, size: int = 3, **kwargs):
         seed = ctx.seed if seed is None else seed
-        pattern = make_pattern(kind, _image_shape(ctx), seed=seed, channels_first=_channels_first(ctx), size=size)
+        pattern = make_pattern(kind, _image_shape(ctx), seed=seed, channels_first=_channels_first(ctx), size=size,
+                               **{**defaults, **kwargs})
         return PatternTrigger(pattern, kind=canonical_pattern_kind(kind))
 
     factory.__doc__ = f"The RE paper's pattern {kind} (random choices drawn from the scenario's seed)."
@@ -49,6 +51,9 @@ def _pattern_factory(kind: str):
 for _letter in "ABCDEF":
     register_attack(f"pattern-{_letter}")(_pattern_factory(_letter))
 register_attack("chessboard")(_pattern_factory("chessboard"))
+# the RE paper's MNIST attack (supplementary Section 19, Fig. 14): a 6x6 chessboard patch of 25/255 at the bottom-right
+# corner; the image-wide 2/255 chessboard (pattern A) is the paper's CIFAR-10 attack
+register_attack("chessboard-patch")(_pattern_factory("chessboard", magnitude=25 / 255, patch=6))
 
 
 @register_attack("adversarial")

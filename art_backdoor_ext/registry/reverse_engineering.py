@@ -21,7 +21,31 @@ def _reverse_engineering(ctx: ScenarioContext, **kwargs):
 
     kwargs.setdefault("verbose", ctx.verbose)
     defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train, **kwargs)
+    ctx.cache["re"] = defence
     report, is_clean = defence.detect_poison()
+    ctx.cache["re_report"] = report
+    return _summary(report, is_clean)
+
+
+@register_defence("re-paper")
+def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs):
+    """
+    The RE defence with the paper's detection rule (``normalize_sources=False``: one Gamma null for all reciprocal
+    statistics). Reuses the patterns of an ``"re"`` row run before it on the same scenario (same estimation
+    parameters), so the two detection rules are compared on identical patterns.
+    """
+    from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
+
+    kwargs["normalize_sources"] = False
+    kwargs.setdefault("verbose", ctx.verbose)
+    defence = ctx.cache.get("re")
+    if defence is None:
+        defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train)
+        ctx.cache["re"] = defence
+    return _summary(*defence.detect_poison(**kwargs))
+
+
+def _summary(report, is_clean):
     notes = f"p={report['p_value']:.2g}, source={report['source_class']}, est {report['seconds_estimation']:.0f}s"
     if report["not_converged"]:
         notes += f", {len(report['not_converged'])} pairs unconverged"

@@ -201,7 +201,7 @@ def _shape_mask(kind: str, size: int) -> np.ndarray:
 
 
 def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional[bool] = None, *,
-                 size: int = 3) -> np.ndarray:
+                 size: int = 3, magnitude: Optional[float] = None, patch: Optional[int] = None) -> np.ndarray:
     """
     The additive pattern of the RE paper's pattern ``kind`` (A-F) for images of ``image_shape``.
 
@@ -211,6 +211,11 @@ def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional
     :param seed: Seed of the random location (C, D, E, F), channel, signs and magnitudes (E).
     :param channels_first: Layout of ``image_shape`` when it has three axes; inferred when None.
     :param size: Bounding-box size of the cross, square and L (ignored by A, B, E).
+    :param magnitude: Perturbation of every perturbed pixel, in [0, 1] (rounded to the 8-bit grid); ``None`` = the
+                      paper's (A 2/255, B 3/255, C and F 70/255, D 80/255). Ignored by E (random magnitudes).
+    :param patch: A and B only: confine the pattern to a ``patch`` x ``patch`` square at the bottom-right corner
+                  (``None`` = the whole image). The RE paper's MNIST attack (supplementary Section 19, Fig. 14) is a
+                  6 x 6 chessboard patch of 25/255 there: ``make_pattern("A", shape, magnitude=25/255, patch=6)``.
     :return: float32 array of ``image_shape`` (one image) with the signed perturbation; on the 8-bit grid.
     """
     kind = canonical_pattern_kind(kind)
@@ -219,22 +224,32 @@ def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional
         raise ValueError(f"A {kind} needs size >= 2, got {size}.")
     if int(size) < 1 or int(size) > min(h, w):
         raise ValueError(f"size must be in [1, {min(h, w)}] for {h}x{w} images, got {size}.")
+    if magnitude is not None and not 0.0 < float(magnitude) <= 1.0:
+        raise ValueError(f"magnitude must be in (0, 1] (e.g. 2/255 for pattern A), got {magnitude!r}.")
+    if patch is not None:
+        if kind not in ("chessboard", "static"):
+            raise ValueError(f"patch applies to the chessboard (A) and static (B) patterns only, not {kind!r}.")
+        if not 1 <= int(patch) <= min(h, w):
+            raise ValueError(f"patch must be in [1, {min(h, w)}] for {h}x{w} images, got {patch!r}.")
+    default = {"chessboard": 2, "static": 3, "cross": 70, "square": 80, "L": 70}.get(kind, 0) / 255.0
+    value = default if magnitude is None else float(np.round(float(magnitude) * 255.0) / 255.0)
     rng = np.random.default_rng([int(seed), PATTERN_KINDS.index(kind)])  # each kind its own draw for one seed
     pat = np.zeros((h, w, c), np.float32)
     ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    if kind == "chessboard":
-        pat[(ii + jj) % 2 == 0] = 2.0 / 255
-    elif kind == "static":
-        pat[(ii % 2 == 0) & (jj % 2 == 0)] = 3.0 / 255
+    if kind in ("chessboard", "static"):
+        mask = (ii + jj) % 2 == 0 if kind == "chessboard" else (ii % 2 == 0) & (jj % 2 == 0)
+        if patch is not None:
+            mask &= (ii >= h - int(patch)) & (jj >= w - int(patch))
+        pat[mask] = value
     elif kind in ("cross", "square", "L"):
         size = int(size)
         top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
         mask = np.zeros((h, w), bool)
         mask[top:top + size, left:left + size] = _shape_mask(kind, size)
         if kind == "square":
-            pat[mask, 0] = 80.0 / 255
+            pat[mask, 0] = value
         else:
-            pat[mask] = 70.0 / 255
+            pat[mask] = value
     else:  # random-pixels
         flat = rng.choice(h * w, size=min(4, h * w), replace=False)
         channel = int(rng.integers(0, c))

@@ -40,6 +40,9 @@ from art_backdoor_ext.utils import check_xy, progress
 logger = logging.getLogger(__name__)
 
 _NORMS = {"l2": 2, "linf": np.inf, "l1": 1}
+# parameters that change the estimated patterns; a second detect_poison() that changes none of them reuses the patterns
+_ESTIMATION_PARAMS = ("classifier", "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size",
+                      "max_images_per_pass", "seed")
 
 
 class ReverseEngineeringDefence(PoisonFilteringDefence):
@@ -64,6 +67,14 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
       1,440 images through the network; the normalised step makes the small-batch noise harmless.
     * ``max_iter=80``: the paper has no cap (with the growing step, 80 steps reach norms far beyond any clean pair on
       mnist-5k); pairs that hit it are reported in ``not_converged``.
+    * ``normalize_sources=True`` (not in the paper): before the test, each source class's reciprocal statistics are
+      multiplied by that source's median pattern norm. The paper's Gamma null treats all K(K-1) statistics as one
+      sample, but some source classes are far easier to move to *any* class than others (MNIST's thin 1s need
+      patterns about half as large as other digits'); the largest statistic of every putative target then comes from
+      that source, and whichever target it reaches most easily looks like an outlier. On clean mnist-5k CNNs trained
+      for 10-15 epochs the paper's rule raises exactly this false alarm (source 1, target 2 or 8, p ~ 5e-3), and the
+      normalised rule does not (p ~ 0.25), while a real backdoor pair stays an outlier within its own source's row.
+      ``normalize_sources=False`` is the paper's rule; ``benchmarks/reverse_engineering.py`` reports both.
 
     :param classifier: ART classifier (PyTorch or Keras) trained on the possibly poisoned ``(x_train, y_train)``.
     :param x_train: Training images, in the classifier's layout.
@@ -77,9 +88,9 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     :param batch_size: Images sampled per side (class s and class t) per pair per step.
     :param norm: Pattern size d(v) for the reciprocal statistics: ``"l2"`` (default), ``"l1"`` or ``"linf"``.
     :param theta: Confidence threshold of the detection test (paper: 0.05).
-    :param normalize_sources: Not in the paper (off by default): scale each source class's reciprocal statistics by
-                              the median pattern norm of that source, so that a source class that is easy to move
-                              anywhere (MNIST's 1s) does not produce a false detection; see the benchmark notes.
+    :param normalize_sources: Scale each source class's reciprocal statistics by the median pattern norm of that
+                              source (default; not in the paper, see above), so that a source class that is easy to
+                              move anywhere (MNIST's 1s) does not produce a false detection. False = the paper's rule.
     :param max_images_per_pass: Largest number of images sent through the network at once (memory bound).
     :param seed: Seed of the batch sampling.
     :param verbose: Show a progress bar.
@@ -91,7 +102,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     def __init__(self, classifier, x_train: np.ndarray, y_train: np.ndarray, pi: float = 0.95, lam: float = 1.0,
                  step_size: float = 0.05, step_growth: float = 1.06, optimizer: str = "normalized",
                  max_iter: int = 80, batch_size: int = 8, norm: str = "l2", theta: float = 0.05,
-                 normalize_sources: bool = False, max_images_per_pass: int = 4096, seed: int = 0,
+                 normalize_sources: bool = True, max_images_per_pass: int = 4096, seed: int = 0,
                  verbose: bool = False) -> None:
         super().__init__(classifier, x_train, y_train)
         self.pi = pi
@@ -110,6 +121,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         self._check_params()
         self.report: Dict[str, Any] = {}
         self._is_clean: Optional[np.ndarray] = None
+        self._estimate_cache: Optional[Tuple[Tuple, np.ndarray, Dict[str, Any], float]] = None
 
     # ------------------------------------------------------------------------------------------------ parameters
     def _check_params(self) -> None:
@@ -145,7 +157,9 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         """
         Run pattern estimation, detection inference and (if an attack is detected) cleansing.
 
-        :param kwargs: Any of the constructor's parameters, to override them for this run.
+        :param kwargs: Any of the constructor's parameters, to override them for this run. When only inference
+                       parameters are given (``theta``, ``norm``, ``normalize_sources``), the patterns estimated by the
+                       previous run are reused, so comparing detection rules costs no second estimation.
         :return: ``(report, is_clean)``: ``is_clean[i] = 0`` for training images flagged as poison, 1 otherwise. The
                  report holds ``detected``, ``p_value``, ``target_class``, ``source_class``, ``suspected_classes``,
                  ``class_p_values`` (Eq. 10, per putative target), ``reciprocal_statistics`` (K x K, NaN diagonal),
@@ -154,6 +168,9 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
                  ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``nb_flagged`` and
                  ``seconds`` / ``seconds_estimation`` / ``seconds_inference`` / ``seconds_cleansing``.
         """
+        # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
+        # estimates again: the classifier may have been retrained in place)
+        reuse = bool(kwargs) and not set(kwargs) & set(_ESTIMATION_PARAMS)
         if kwargs:
             self.set_params(**kwargs)
         start = time.perf_counter()
@@ -165,8 +182,17 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         if len(present) < 3:
             raise ValueError(f"The RE defence needs training images of at least 3 classes; got classes {present}.")
 
-        patterns, info = self._estimate_patterns(adapter, x, labels, present)
+        key = tuple(id(getattr(self, name)) if name == "classifier" else getattr(self, name)
+                    for name in _ESTIMATION_PARAMS)
+        if reuse and self._estimate_cache is not None and self._estimate_cache[0] == key:
+            # only inference / cleansing parameters changed since the last run: reuse the estimated patterns
+            _, patterns, info, seconds_estimation = self._estimate_cache
+        else:
+            patterns, info = self._estimate_patterns(adapter, x, labels, present)
+            seconds_estimation = time.perf_counter() - start
+            self._estimate_cache = (key, patterns, info, seconds_estimation)
         t_est = time.perf_counter()
+        start = t_est - seconds_estimation  # a reused estimation still counts in "seconds"
         order = _NORMS[self.norm]
         flat = patterns.reshape(nb_classes, nb_classes, -1)
         norms = np.linalg.norm(flat, ord=order, axis=2)
@@ -177,7 +203,9 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         recip = np.where(valid, 1.0 / np.maximum(np.nan_to_num(norms, nan=1.0), 1e-12), np.nan)
         if self.normalize_sources:
             # divide each source's norms by their median: removes "easy source class" effects (e.g. MNIST's thin 1s)
-            recip = recip * np.nanmedian(norms, axis=1, keepdims=True)
+            median = np.ones((nb_classes, 1))
+            median[present, 0] = np.nanmedian(norms[present], axis=1)  # absent classes' rows stay all-NaN
+            recip = recip * median
         inference = self._inference(recip, present)
         t_inf = time.perf_counter()
 
@@ -216,7 +244,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             "flagged_by_class": {int(c): int(((is_clean == 0) & (labels == c)).sum()) for c in present},
             "theta": float(self.theta),
             "seconds": seconds,
-            "seconds_estimation": t_est - start,
+            "seconds_estimation": seconds_estimation,
             "seconds_inference": t_inf - t_est,
             "seconds_cleansing": seconds - (t_inf - start),
             "notes": (f"{len(not_conv)} of {int(valid.sum())} pairs hit max_iter={self.max_iter}" if not_conv else ""),
