@@ -155,3 +155,23 @@ def _check_complement(classifier, x):
     factor = (-(p / (1 - p))).reshape((-1,) + (1,) * (x.ndim - 1))
     np.testing.assert_allclose(gc, factor * g, rtol=1e-2, atol=1e-6)
 
+
+
+def test_early_exit_fractions_decide_like_the_full_count(scenario_ctx):
+    # the chunked count with early exit must take exactly the full count's stopping decisions
+    from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
+    from art_backdoor_ext.estimators import get_adapter
+
+    ctx = scenario_ctx(CLEAN)
+    defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train, pi=0.9)
+    members = [np.flatnonzero(ctx.y_train == c) for c in range(ctx.nb_classes)]
+    means = np.stack([ctx.x_train[m].mean(axis=0) for m in members])
+    pairs = np.array([(s, t) for s in range(4) for t in range(4) if s != t] * 4)
+    alphas = np.repeat([0.3, 0.6, 0.9, 1.2], len(pairs) // 4)
+    patterns = alphas.reshape(-1, 1, 1, 1) * (means[pairs[:, 1]] - means[pairs[:, 0]])
+    adapter = get_adapter(ctx.classifier)
+    fast = defence._fractions(adapter, ctx.x_train, members, pairs, patterns, 0.0, 1.0)
+    full = defence._fractions(adapter, ctx.x_train, members, pairs, patterns, 0.0, 1.0, early_exit=False)
+    assert 0 < np.sum(full >= 0.9) < len(pairs)  # the case mixes pairs above and below pi
+    np.testing.assert_array_equal(fast >= 0.9, full >= 0.9)
+    np.testing.assert_allclose(fast[full >= 0.9], full[full >= 0.9])

@@ -380,7 +380,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         # final check for pairs still open at the cap
         open_ = np.flatnonzero(~done)
         if len(open_):
-            rho[open_] = self._fractions(adapter, x, members, pairs[open_], v[open_], lo, hi)
+            rho[open_] = self._fractions(adapter, x, members, pairs[open_], v[open_], lo, hi, early_exit=False)
             newly = open_[rho[open_] >= self.pi]
             done[newly] = True
             iterations[newly] = nb_steps
@@ -406,16 +406,34 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
                 for i in range(0, n, chunk)]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
-    def _fractions(self, adapter, x, members, pairs, patterns, lo, hi) -> np.ndarray:
-        """Fraction of all class-s images sent to t by their pattern, for several pairs in batched predictions."""
-        sizes = [len(members[s]) for s, _ in pairs]
-        imgs = np.concatenate([np.clip(x[members[s]] + p[None], lo, hi) for (s, _), p in zip(pairs, patterns)])
-        pred = adapter.predict_labels(imgs, batch_size=int(self.max_images_per_pass))
-        out, start = np.zeros(len(pairs)), 0
-        for k, ((_, t), n) in enumerate(zip(pairs, sizes)):
-            out[k] = float(np.mean(pred[start:start + n] == t))
-            start += n
-        return out
+    def _fractions(self, adapter, x, members, pairs, patterns, lo, hi, early_exit: bool = True) -> np.ndarray:
+        """
+        Fraction of all class-s images sent to t by their pattern, for several pairs in batched predictions.
+
+        With ``early_exit`` the images are predicted in chunks and a pair is dropped as soon as it has more failures
+        than a fraction ``pi`` allows: its returned fraction (over the images seen) is then below ``pi`` too, so the
+        stopping decision is exactly that of the full count, at a fraction of the predictions (most candidate pairs
+        are still well short of ``pi``).
+        """
+        sizes = np.array([len(members[s]) for s, _ in pairs])
+        allowed = sizes * (1.0 - float(self.pi)) + 1e-6  # a pair with more failures can no longer reach pi
+        hits, seen = np.zeros(len(pairs)), np.zeros(len(pairs))
+        alive = np.ones(len(pairs), bool)
+        chunk = max(16, int(np.ceil(sizes.max() / 8))) if early_exit else int(sizes.max())
+        for begin in range(0, int(sizes.max()), chunk):
+            act = np.flatnonzero(alive & (sizes > begin))
+            if len(act) == 0:
+                break
+            parts = [members[pairs[k][0]][begin:begin + chunk] for k in act]
+            imgs = np.concatenate([np.clip(x[idx] + patterns[k][None], lo, hi) for k, idx in zip(act, parts)])
+            pred = adapter.predict_labels(imgs, batch_size=int(self.max_images_per_pass))
+            bounds = np.cumsum([0] + [len(idx) for idx in parts])
+            for j, k in enumerate(act):
+                hits[k] += np.sum(pred[bounds[j]:bounds[j + 1]] == pairs[k][1])
+                seen[k] += bounds[j + 1] - bounds[j]
+            if early_exit:
+                alive &= (seen - hits) <= allowed
+        return hits / np.maximum(seen, 1)
 
     def _inference(self, recip: np.ndarray, present: np.ndarray) -> Dict[str, Any]:
         """Lines 9-17 of Algorithm 1: Gamma null per putative target, Eq. (10) and Eq. (11)."""
