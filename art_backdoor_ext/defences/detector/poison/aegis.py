@@ -81,8 +81,8 @@ class AEGISDefence(PoisonFilteringDefence):
 
     defence_params = [
         "classifier", "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
-        "bandwidth", "bandwidth_quantile", "cluster_threshold", "cluster_rule", "min_cluster_size", "max_train_per_class",
-        "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
+        "bandwidth", "bandwidth_quantile", "cluster_threshold", "cluster_rule", "min_cluster_size",
+        "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
     ]
 
     def __init__(
