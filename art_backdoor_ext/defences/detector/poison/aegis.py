@@ -49,9 +49,10 @@ class AEGISDefence(PoisonFilteringDefence):
     ``cluster_rule="translated"`` (default) counts exactly that: the clusters made mostly of training images count as
     one, plus every cluster made mostly of translated images. ``cluster_rule="all"`` counts every mean-shift cluster,
     as Algorithm 1 literally does. The default differs from the literal algorithm because on small MNIST models the
-    *training* images of some clean classes split into two writing styles (e.g. upright and slanted ones, 198/197
-    images in class 1 of a robust mnist-5k CNN, no translated image among them), which the literal rule reports as a
-    backdoor (false-positive classes 1 and 6 in ``benchmarks/results/aegis*.md``).
+    *training* images of some clean classes split into two writing styles (e.g. 198/197 training images and no
+    translated image in the two training clusters of class 1 of a robust mnist-5k CNN), which the literal rule reports
+    as a backdoor (in ``benchmarks/results/aegis.md``: class 1 of the localised, static and distributed models, class 4
+    of the distributed one, class 0 of the clean robust model; none under the default rule).
 
     **Reproduction at small scale** (robust compact CNNs on mnist-5k, 5-8 robust epochs, 1% localised trigger; see
     ``benchmarks/aegis.py``): the translation premise holds (97-100% of translations to the target class carry the
