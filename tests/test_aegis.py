@@ -1,5 +1,8 @@
-"""AEGIS (issue 6): robust models with a visible localised backdoor are detected with the right class, clean robust
-models are not; bad parameters raise; inputs are never modified."""
+"""AEGIS (issue 6) on small robust (L2 PGD-trained) compact CNNs on mnist-5k: the translation premise holds (the trigger
+appears in translations to the target class only), the report is complete, a clean robust model is not flagged, bad
+parameters raise and inputs are never modified. The paper's detection (the target class shows more than two clusters)
+does not reproduce at this scale; ``test_detects_the_target_class`` records it as a strict expected failure, so it
+turns red the day it starts to pass (see the AEGISDefence docstring and benchmarks/results/aegis.md)."""
 import warnings
 
 import numpy as np
@@ -10,8 +13,10 @@ from art_backdoor_ext.estimators import get_adapter
 from art_backdoor_ext.evaluation import Scenario
 
 # Small robust (L2 PGD, eps 0.5, 5 steps) compact CNNs: 1% of mnist-5k poisoned (the paper's rate) and a clean one.
+# Both are the benchmark's models too (benchmarks/aegis.py trains the same scenarios).
 ROBUST = dict(nb_epochs=5, robust=True, robust_kwargs={"max_iter": 5})
 LOCALISED_ROBUST = Scenario(attack="localised", target=7, fraction=0.01, **ROBUST)
+CLEAN_ROBUST = Scenario(attack=None, **ROBUST)
 CLEAN = Scenario(attack=None, nb_epochs=5)  # standard model, shared with tests/test_models.py and others
 FAST = dict(nb_seeds=100, max_train_per_class=200)
 _DEFENCES = {}
@@ -46,19 +51,43 @@ def test_translation_exposes_the_trigger(scenario_ctx):
 
 
 def test_report_is_complete_on_a_robust_backdoored_model(scenario_ctx):
-    # AEGIS's cluster-count rule does not single out the target class at this scale (issue 6 stays open; see
-    # benchmarks/results/aegis_quick.md): check the report's structure and the per-class diagnostics instead.
     ctx = scenario_ctx(LOCALISED_ROBUST)
     assert ctx.asr > 0.8, "the backdoor must take for the test to mean anything"
     _, report, is_clean = _run(ctx, "localised")
     assert len(is_clean) == len(ctx.x_train) and set(np.unique(is_clean)) <= {0, 1}
     for key in ("detected", "target_class", "suspected_classes", "nb_clusters", "per_class", "seconds", "layer"):
         assert key in report
-    pc = report["per_class"][7]
-    assert sum(pc["cluster_sizes_train"]) == pc["nb_train"] and sum(pc["cluster_sizes_translated"]) == pc["nb_translated"]
-    # the poisoned training images sit with the trigger-carrying translations, unlike other classes' images
-    assert pc["train_in_translated_clusters"] > max(report["per_class"][c]["train_in_translated_clusters"]
-                                                    for c in range(10) if c != 7)
+    for c in range(10):
+        pc = report["per_class"][c]
+        assert sum(pc["cluster_sizes_train"]) == pc["nb_train"] == 200
+        assert sum(pc["cluster_sizes_translated"]) == pc["nb_translated"] == 100
+        assert pc["nb_clusters"] == report["nb_clusters"][c] >= 2  # training and translated images never merge
+        # default rule: the training-majority clusters count as one, each translated-majority cluster counts
+        assert pc["nb_clusters"] == 1 + pc["nb_translated_clusters"] <= pc["nb_clusters_all"]
+    assert report["detected"] == bool(report["suspected_classes"])
+    assert all(report["nb_clusters"][c] > 2 for c in report["suspected_classes"])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6: at this scale every translation to the target class carries the "
+                                       "trigger (one translated cluster) and the poisoned training images sit with "
+                                       "the clean ones, so class 7 shows 2 clusters like the clean classes")
+def test_detects_the_target_class(scenario_ctx):
+    # the paper's claim (Table 6): the target class of a robust model with a visible localised trigger has more than
+    # two clusters, and no other class has
+    ctx = scenario_ctx(LOCALISED_ROBUST)
+    _, report, _ = _run(ctx, "localised")
+    assert report["detected"] and report["target_class"] == 7
+    assert report["suspected_classes"] == [7]
+
+
+def test_clean_robust_model_is_not_flagged(scenario_ctx):
+    # the paper's Table 11: every class of a clean robust model has exactly two clusters (training, translated)
+    ctx = scenario_ctx(CLEAN_ROBUST)
+    assert ctx.clean_accuracy > 0.9
+    _, report, is_clean = _run(ctx, "clean")
+    assert report["translation_success"] > 0.9
+    assert not report["detected"], f"false positive classes {report['suspected_classes']}: {report['nb_clusters']}"
+    assert report["target_class"] is None and sum(is_clean) == len(is_clean)
 
 
 @pytest.mark.slow
@@ -91,7 +120,7 @@ def test_warns_when_pgd_flips_most_predictions(scenario_ctx):
 @pytest.mark.parametrize("bad", [dict(nb_seeds=1), dict(eps=0), dict(eps_step=-1), dict(max_iter=0),
                                  dict(perplexity=0), dict(bandwidth=-1.0), dict(cluster_threshold=0),
                                  dict(bandwidth_quantile=1.5), dict(tsne_iter=10), dict(layer="nope"),
-                                 dict(pca_components=-3), dict(max_train_per_class=1)])
+                                 dict(pca_components=-3), dict(max_train_per_class=1), dict(cluster_rule="most")])
 def test_bad_params(mnist5k, bad):
     from art_backdoor_ext.models import make_classifier
 

@@ -43,6 +43,31 @@ class AEGISDefence(PoisonFilteringDefence):
     A class with more than ``cluster_threshold`` (2) clusters is suspected, and any suspected class means the model is
     backdoored; ``target_class`` is the suspected class with the most clusters.
 
+    **What counts as a cluster** (``cluster_rule``). The paper's invariant (Section 5, Tables 6 and 11) is *one cluster
+    for the training images and one for the translated images* in a clean class, *one for the training images and at
+    least two for the translated images* in the target class: the extra modes are in the translated images.
+    ``cluster_rule="translated"`` (default) counts exactly that: the clusters made mostly of training images count as
+    one, plus every cluster made mostly of translated images. ``cluster_rule="all"`` counts every mean-shift cluster,
+    as Algorithm 1 literally does. The default differs from the literal algorithm because on small MNIST models the
+    *training* images of some clean classes split into two writing styles (e.g. 198/197 training images and no
+    translated image in the two training clusters of class 1 of a robust mnist-5k CNN), which the literal rule reports
+    as a backdoor (in ``benchmarks/results/aegis.md``: class 1 of the localised, static and distributed models, class 4
+    of the distributed one, class 0 of the clean robust model; none under the default rule).
+
+    **Reproduction at small scale** (robust compact CNNs on mnist-5k, 5-8 robust epochs, 1% localised trigger; see
+    ``benchmarks/aegis.py``): the translation premise holds (97-100% of translations to the target class carry the
+    trigger, none to other classes), but detection does not. Because essentially *every* translation to the target
+    class carries the trigger, the target class's translated images form one cluster, not the two (triggered and
+    clean-looking) of the paper's Figure 7; and the ~40 poisoned training images do not form a cluster of their own:
+    they scatter among the clean training images of the class, or (8 robust epochs, or shorter translations) partly
+    join the translated cluster. This held with 40, 50 or 60 PGD steps (step 0.25-0.5), 100 or 200 seeds, all or 200
+    training images per class, with or without PCA, and with penultimate or last-conv (``"relu2"``) features; the target
+    class showed 2 clusters in every variant.
+
+    Defaults versus the paper: ``nb_seeds=200`` (paper 500) and ``max_iter=40`` steps of 0.5 (authors' code: 50-150
+    steps of 0.25-1.5) keep AEGIS near a minute on two CPU cores; 50-60 steps gave the same cluster counts.
+    ``pca_components=50`` only matters for conv features (the penultimate layer of the reference CNNs is 64-d).
+
     AEGIS is a **model-level** detector: the paper decides whether a model (and which class) is backdoored and does
     not mark training images. The ``is_clean`` list returned by :meth:`detect_poison` is our extension: the training
     images of a suspected class that fall outside that class's main training cluster (the mean-shift cluster holding
@@ -57,8 +82,8 @@ class AEGISDefence(PoisonFilteringDefence):
 
     defence_params = [
         "classifier", "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
-        "bandwidth", "bandwidth_quantile", "cluster_threshold", "min_cluster_size", "max_train_per_class",
-        "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
+        "bandwidth", "bandwidth_quantile", "cluster_threshold", "cluster_rule", "min_cluster_size",
+        "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
     ]
 
     def __init__(
@@ -77,6 +102,7 @@ class AEGISDefence(PoisonFilteringDefence):
         bandwidth: Optional[float] = None,
         bandwidth_quantile: float = 0.3,
         cluster_threshold: int = 2,
+        cluster_rule: str = "translated",
         min_cluster_size: int = 1,
         max_train_per_class: Optional[int] = None,
         batch_size: int = 256,
@@ -103,6 +129,9 @@ class AEGISDefence(PoisonFilteringDefence):
         :param bandwidth: Mean-shift bandwidth; ``None`` = ``estimate_bandwidth`` per class (paper).
         :param bandwidth_quantile: ``quantile`` passed to ``estimate_bandwidth`` (scikit-learn's default 0.3).
         :param cluster_threshold: A class with more clusters than this is suspected (paper: 2).
+        :param cluster_rule: ``"translated"``: the clusters made mostly of training images count as one, each cluster
+                             made mostly of translated images counts (the paper's invariant); ``"all"``: every
+                             cluster counts (Algorithm 1 literally). See the class docstring.
         :param min_cluster_size: Clusters with fewer points are not counted (1 = count every cluster, as the paper).
         :param max_train_per_class: Use at most this many training images per class (random, seeded); ``None`` = all.
                                     Images left out are always marked clean in ``is_clean``.
@@ -124,6 +153,7 @@ class AEGISDefence(PoisonFilteringDefence):
         self.bandwidth = bandwidth
         self.bandwidth_quantile = bandwidth_quantile
         self.cluster_threshold = cluster_threshold
+        self.cluster_rule = cluster_rule
         self.min_cluster_size = min_cluster_size
         self.max_train_per_class = max_train_per_class
         self.batch_size = batch_size
@@ -166,6 +196,9 @@ class AEGISDefence(PoisonFilteringDefence):
             raise ValueError(f"bandwidth_quantile must be in (0, 1], got {self.bandwidth_quantile!r}.")
         if not is_int(self.cluster_threshold) or self.cluster_threshold < 1:
             raise ValueError(f"cluster_threshold must be an integer >= 1 (paper: 2), got {self.cluster_threshold!r}.")
+        if self.cluster_rule not in ("translated", "all"):
+            raise ValueError(f"cluster_rule must be 'translated' (training clusters count as one, as the paper's "
+                             f"invariant) or 'all' (every cluster, Algorithm 1), got {self.cluster_rule!r}.")
         if not is_int(self.min_cluster_size) or self.min_cluster_size < 1:
             raise ValueError(f"min_cluster_size must be an integer >= 1, got {self.min_cluster_size!r}.")
         if self.max_train_per_class is not None and (not is_int(self.max_train_per_class)
@@ -256,7 +289,9 @@ class AEGISDefence(PoisonFilteringDefence):
 
         :param kwargs: Any of :attr:`defence_params` to override before running.
         :return: ``(report, is_clean)``. The report has ``detected``, ``suspected_classes``, ``target_class``,
-                 ``nb_clusters`` (per class), ``per_class`` (per class: ``nb_clusters``, ``bandwidth``,
+                 ``nb_clusters`` (per class, by ``cluster_rule``), ``per_class`` (per class: ``nb_clusters``,
+                 ``nb_clusters_all`` (every cluster), ``nb_translated_clusters`` (clusters made mostly of translated
+                 images), ``bandwidth``,
                  ``cluster_sizes_train`` and ``cluster_sizes_translated`` (per counted cluster, largest first),
                  ``translation_success`` (fraction of translated images predicted as the class),
                  ``train_in_translated_clusters`` (training images in clusters made mostly of translated images: a
@@ -301,11 +336,18 @@ class AEGISDefence(PoisonFilteringDefence):
             counted = ids[counts >= self.min_cluster_size]
             sizes_train = [int(np.sum((labels == i) & ~translated)) for i in counted]
             sizes_trans = [int(np.sum((labels == i) & translated)) for i in counted]
-            n_clusters = int(len(counted))
+            n_translated = int(sum(b > a for a, b in zip(sizes_train, sizes_trans)))
+            n_training = int(len(counted)) - n_translated
+            if self.cluster_rule == "all":
+                n_clusters = int(len(counted))
+            else:
+                n_clusters = min(n_training, 1) + n_translated
             # training images inside clusters made mostly of translated images (a diagnostic, not the paper's rule)
             mixed = sum(a for a, b in zip(sizes_train, sizes_trans) if b > a)
             per_class[c] = {
                 "nb_clusters": n_clusters,
+                "nb_clusters_all": int(len(counted)),
+                "nb_translated_clusters": n_translated,
                 "bandwidth": bw,
                 "cluster_sizes_train": sizes_train,
                 "cluster_sizes_translated": sizes_trans,
@@ -335,6 +377,7 @@ class AEGISDefence(PoisonFilteringDefence):
             "nb_clusters": nb_clusters,
             "per_class": per_class,
             "layer": layer,
+            "cluster_rule": self.cluster_rule,
             "robustness_flip_rate": flip,
             "translation_success": float(np.mean(trans_pred == targets)),
             "seconds_translation": seconds_pgd,
