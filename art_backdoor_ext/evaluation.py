@@ -406,8 +406,15 @@ def _activation_clustering(ctx: ScenarioContext, nb_dims: int = 10, cluster_anal
 
     layer = _feature_layer(ctx, layer)
     defence = ActivationDefence(ctx.classifier, ctx.x_train, np.eye(ctx.nb_classes)[ctx.y_train])
-    _, is_clean = defence.detect_poison(nb_clusters=2, nb_dims=nb_dims, reduce="PCA",
-                                        cluster_analysis=cluster_analysis)
+    # ART's k-means draws from numpy's global generator: seed it from the scenario (and restore it) so that a row
+    # does not depend on what ran before it
+    state = np.random.get_state()
+    np.random.seed(ctx.scenario.seed)
+    try:
+        _, is_clean = defence.detect_poison(nb_clusters=2, nb_dims=nb_dims, reduce="PCA",
+                                            cluster_analysis=cluster_analysis)
+    finally:
+        np.random.set_state(state)
     return _summarise_filter(ctx, is_clean, size_threshold, _check_art_layer(ctx, layer))
 
 

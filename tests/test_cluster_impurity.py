@@ -9,8 +9,11 @@ from art_backdoor_ext.defences.detector.poison.cluster_impurity import blur_imag
 from art_backdoor_ext.evaluation import Scenario
 from art_backdoor_ext.metrics import filtering_rates
 
-# 3SC attack with a trigger a 2x2 blur destroys: four isolated +0.35 pixels (pattern E with brightening pixels only)
-PIXELS_3SC = Scenario(attack="isolated-pixels", target=7, sources=[1, 2, 3], n_per_source=50, nb_epochs=10)
+# 3SC attack with a trigger a 2x2 blur destroys: four isolated +0.35 pixels (pattern E with brightening pixels only),
+# on the wide CNN (256-d features, where CI needs the PCA reduction). On the compact CNN the blur flips only about
+# half of the poisoned images and the TPR depends on the mixture's initialisation (0.31-0.97 over seeds 0-2).
+PIXELS_3SC = Scenario(attack="isolated-pixels", target=7, sources=[1, 2, 3], n_per_source=50, nb_epochs=10,
+                      width="wide")
 CLEAN = Scenario(attack=None, nb_epochs=5)  # shared with tests/test_models.py and tests/test_poisoners.py
 
 

@@ -70,7 +70,8 @@ def plot_reciprocal_statistics(report: Dict[str, Any], target: Optional[int] = N
     ax.hist(tgt_vals, bins=bins, range=(0, hi), density=True, alpha=0.6, color="C3", label=f"r_st, t = {target}")
     grid = np.linspace(1e-6, hi, 400)
     ax.plot(grid, stats.gamma.pdf(grid, shape, scale=scale), "k-", label=f"Gamma null (k={shape:.2g})")
-    ax.set_xlabel("reciprocal statistic 1/||v_st||")
+    ax.set_xlabel("reciprocal statistic 1/||v_st||" + (" x median_t ||v_st|| (per source)"
+                                                        if report.get("normalize_sources") else ""))
     ax.set_ylabel("density")
     ax.set_title(f"detected={report['detected']}, p={report['p_value']:.2g}, pv_{target}={pvs[target]:.2g}",
                  fontsize=9)

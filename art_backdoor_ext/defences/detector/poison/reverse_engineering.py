@@ -243,6 +243,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             "nb_flagged": int((is_clean == 0).sum()),
             "flagged_by_class": {int(c): int(((is_clean == 0) & (labels == c)).sum()) for c in present},
             "theta": float(self.theta),
+            "normalize_sources": bool(self.normalize_sources),
             "seconds": seconds,
             "seconds_estimation": seconds_estimation,
             "seconds_inference": t_inf - t_est,
