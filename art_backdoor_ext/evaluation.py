@@ -283,11 +283,12 @@ def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
             if name in retrain_for:
                 keep = np.asarray(is_clean).astype(bool)
                 key = np.packbits(keep).tobytes()
-                if keep.all():
-                    retrained[key] = (ctx.clean_accuracy, ctx.asr)
                 if key not in retrained:
-                    model = ctx.train_model(ctx.x_train[keep], ctx.y_train[keep])
-                    retrained[key] = (accuracy(model, ctx.x_test, ctx.y_test), ctx.asr_of(model))
+                    if keep.all():  # the identical training set and seed give the original model
+                        retrained[key] = (ctx.clean_accuracy, ctx.asr)
+                    else:
+                        model = ctx.train_model(ctx.x_train[keep], ctx.y_train[keep])
+                        retrained[key] = (accuracy(model, ctx.x_test, ctx.y_test), ctx.asr_of(model))
                 row.clean_accuracy, row.asr = retrained[key]
         else:
             model, report = fn(ctx, **defence_kwargs.get(name, {}))
@@ -300,7 +301,8 @@ def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
 
 
 def run_scenario(scenario: Scenario, defences: Iterable[str] = ("ac", "ss"), verbose: bool = False,
-                 defence_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, retrain: Union[bool, Iterable[str]] = False,
+                 defence_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
+                 retrain: Union[bool, Iterable[str]] = False,
                  keep_context: bool = False, data=None) -> ScenarioResult:
     """Prepare a scenario and run the defences on it; see :func:`prepare_scenario` and :func:`run_defences`."""
     _ensure_registered()
@@ -338,7 +340,7 @@ def format_table(results: Union[ScenarioResult, Sequence[ScenarioResult]]) -> st
 
 
 def load_results(path: str) -> List[ScenarioResult]:
-    """Read back the results :func:`save_results` wrote to ``<prefix>.json`` (to re-render tables without re-running)."""
+    """Read back the results :func:`save_results` wrote to ``<prefix>.json`` (to re-render tables, not re-run)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     return [ScenarioResult(Scenario(**d["scenario"]), d["clean_accuracy"], d["asr"], d["train_seconds"],

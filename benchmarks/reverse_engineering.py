@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import (DEFENCES, Scenario, _ensure_registered, format_value, load_results, run_scenario,
-                                         save_results)
+from art_backdoor_ext.evaluation import (DEFENCES, Scenario, _ensure_registered, format_value, load_results,
+                                         run_scenario, save_results)
 
 CONFIG_SOURCES = {"1SC": [1], "3SC": [1, 2, 3], "9SC": None}
 DEFAULT_N = {"1SC": 100, "3SC": 50, "9SC": 20}
@@ -61,7 +61,9 @@ def save_plots(ctx, prefix: str) -> None:
 
 
 def _label(scenario: Scenario) -> str:
-    return "clean" if not scenario.poisoned else {a: p for p, a in ATTACKS.items()}.get(scenario.attack, scenario.attack)
+    if not scenario.poisoned:
+        return "clean"
+    return {a: p for p, a in ATTACKS.items()}.get(scenario.attack, scenario.attack)
 
 
 def _config(scenario: Scenario) -> str:
