@@ -115,10 +115,16 @@ class DefenceResult:
     asr: float = float("nan")
     notes: str = ""
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    report: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    """The defence's raw report (arrays included); not written by :meth:`as_dict`."""
+    is_clean: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+    """A filtering defence's marking of the training set (1 = kept); not written by :meth:`as_dict`."""
 
     def as_dict(self) -> Dict[str, Any]:
-        """A JSON-safe dict (numpy scalars converted)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+        """A JSON-safe dict of the table fields (numpy scalars converted; the raw report and marking left out)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("report", "is_clean")}
+        return json.loads(json.dumps(fields, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:

@@ -117,3 +117,83 @@ def poison_labels(x: np.ndarray, y: Optional[np.ndarray], broadcast: bool = Fals
     if len(y) != len(x):
         raise ValueError(f"x and y have different lengths ({len(x)} and {len(y)}).")
     return x, np.copy(y)
+
+
+# ---------------------------------------------------------------------------------------------- parameter checks
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value, low: Optional[int] = None, high: Optional[int] = None, hint: str = "") -> int:
+    """
+    ``value`` as an int, or a ``ValueError`` naming ``name`` when it is not an integer (bools are not) or lies outside
+    ``[low, high]`` (either bound optional). ``hint`` is appended to the message (e.g. the paper's value).
+    """
+    ok = _is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        if low is not None and high is not None:
+            want = f"an integer in [{low}, {high}]"
+        elif low is not None:
+            want = f"an integer >= {low}"
+        elif high is not None:
+            want = f"an integer <= {high}"
+        else:
+            want = "an integer"
+        raise ValueError(f"{name} must be {want}{hint and f' ({hint})'}, got {value!r}.")
+    return int(value)
+
+
+def check_number(name: str, value, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
+    """
+    ``value`` as a finite float, or a ``ValueError`` naming ``name`` when it is not a number or lies outside the
+    interval (``low_open``/``high_open`` exclude the bound).
+    """
+    ok = _is_number(value) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}{hint and f' ({hint})'}, got {value!r}.")
+    return float(value)
+
+
+def check_choice(name: str, value, choices: Sequence, hint: str = ""):
+    """``value`` when it is one of ``choices``, else a ``ValueError`` naming ``name`` and the choices."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}{hint and f' ({hint})'}, "
+                         f"got {value!r}.")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` when it is a bool, else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_seed(name: str, value, allow_none: bool = True) -> Optional[int]:
+    """A seed: ``None`` (when allowed) or a non-negative integer; ``ValueError`` naming ``name`` otherwise."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 0:
+        allowed = "None or a non-negative integer" if allow_none else "a non-negative integer"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    return int(value)
+
+
+def check_layer_name(name: str, value) -> Optional[str]:
+    """A layer given by name (or ``None`` for the default layer); ``ValueError`` for indices and other types."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a layer name (str) or None for the default layer, got {value!r}; layer "
+                         "indices are unreliable in ART.")
+    return value

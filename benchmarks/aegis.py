@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, Scenario, _ensure_registered, prepare_scenario
+from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, Scenario, prepare_scenario
 
 TARGET = 7
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -68,7 +68,6 @@ def main():
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    _ensure_registered()
     os.makedirs(RESULTS, exist_ok=True)
 
     epochs = args.epochs or 5

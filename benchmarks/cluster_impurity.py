@@ -25,14 +25,12 @@ import time
 
 import numpy as np
 
-from art_backdoor_ext.defences.detector.poison.cluster_impurity import ClusterImpurityDefence
-from art_backdoor_ext.evaluation import (Scenario, ScenarioResult, _ensure_registered, format_table, format_value,
-                                         prepare_scenario)
-from art_backdoor_ext.metrics import DefenceResult, filtering_rates
+from art_backdoor_ext.evaluation import (Scenario, ScenarioResult, format_table, format_value, prepare_scenario,
+                                         run_defences)
 
 TARGET = 7
 SOURCES_3SC = [1, 2, 3]
-VARIANTS = {"ci-raw": dict(reduce=None), "ci": dict(reduce="pca", nb_dims=10)}
+VARIANTS = ("ci-raw", "ci")  # harness rows: the paper (raw features) and the default (PCA to 10 dimensions)
 QUICK_ATTACKS = ["isolated-pixels", None, "pattern-E", "localised", "pattern-A"]
 FULL_ATTACKS = ["isolated-pixels", None, "pattern-E", "localised", "distributed", "pattern-A", "pattern-B", "pattern-C",
                 "pattern-D", "pattern-F"]
@@ -58,21 +56,14 @@ def run(widths, attacks, epochs: int, n_per_source: int, verbose: bool = False):
             sc = Scenario(attack=attack, target=TARGET, sources=SOURCES_3SC if attack else None,
                           n_per_source=n_per_source if attack else None, width=width, nb_epochs=epochs)
             ctx = prepare_scenario(sc, verbose=verbose)
-            rows = []
-            for name, kw in VARIANTS.items():
-                defence = ClusterImpurityDefence(ctx.classifier, ctx.x_train, ctx.y_train, verbose=verbose, **kw)
-                start = time.perf_counter()
-                report, is_clean = defence.detect_poison()
-                seconds = time.perf_counter() - start
-                rates = filtering_rates(is_clean, ctx.is_poison, ctx.y_train, TARGET if attack else None)
+            rows = run_defences(ctx, list(VARIANTS))
+            for row in rows:
+                name, report, rates = row.defence, row.report, row
+                seconds = row.seconds
                 comps = report["nb_components"]
-                notes = "components/class " + ",".join(str(comps[c]) for c in sorted(comps))
-                rows.append(DefenceResult(name, report["detected"], report["target_class"], rates.tpr,
-                                          rates.fpr_target, rates.fpr, seconds, notes=notes,
-                                          extra={"suspected_classes": report["suspected_classes"],
-                                                 "nb_components": comps, "max_impurity": report["max_impurity"],
-                                                 "per_class_target": report["per_class"][TARGET]}))
-                changed = defence.changed_
+                row.extra.update({"nb_components": comps, "max_impurity": report["max_impurity"],
+                                  "per_class_target": report["per_class"][TARGET]})
+                changed = report["prediction_changed"]
                 clean_t = (ctx.y_train == TARGET) & ~ctx.is_poison
                 others = [v for c, v in report["max_impurity"].items() if c != TARGET]
                 details.append({
@@ -144,7 +135,6 @@ def main(argv=None) -> None:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    _ensure_registered()
     attacks = QUICK_ATTACKS if args.quick else FULL_ATTACKS
     start = time.perf_counter()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

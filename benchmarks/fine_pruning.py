@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from art_backdoor_ext.evaluation import DEFENCES, Scenario, _ensure_registered, prepare_scenario  # noqa: E402
+from art_backdoor_ext.evaluation import Scenario, prepare_scenario, run_defences  # noqa: E402
 from art_backdoor_ext.metrics import accuracy  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -30,10 +30,8 @@ IMPROVED = {"learning_rate": 5e-3, "nb_epochs": 5}  # fine-tuning at 5x the trai
 
 
 def run_variant(ctx, name, defence="fine-pruning", **kwargs):
-    _, fn = DEFENCES[defence]
-    start = time.perf_counter()
-    model, report = fn(ctx, **kwargs)
-    seconds = time.perf_counter() - start
+    (row,) = run_defences(ctx, [defence], defence_kwargs={defence: kwargs})
+    report, seconds = row.report, row.seconds
     return {
         "scenario": ctx.scenario.name,
         "variant": name,
@@ -45,8 +43,8 @@ def run_variant(ctx, name, defence="fine-pruning", **kwargs):
         "asr_before": ctx.asr,
         "acc_pruned_holdout": report["holdout_accuracy_pruned"],
         "asr_pruned": report["asr_pruned"],
-        "acc_after": accuracy(model, ctx.x_test, ctx.y_test),
-        "asr_after": ctx.asr_of(model),
+        "acc_after": row.clean_accuracy,
+        "asr_after": row.asr,
         "seconds": seconds,
         "notes": report.get("notes", ""),
         "curve": report["pruning_curve"],
@@ -117,7 +115,6 @@ def main():
     parser.add_argument("--keras", action="store_true", help="also the Keras 3 mask path (on by default when full)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    _ensure_registered()
     epochs = args.epochs or (5 if args.quick else 10)
     step = 4 if args.quick else 1
     rows = []

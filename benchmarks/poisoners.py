@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from art_backdoor_ext.datasets import load_dataset
-from art_backdoor_ext.evaluation import Scenario, _ensure_registered, prepare_scenario
+from art_backdoor_ext.evaluation import Scenario, prepare_scenario
 from art_backdoor_ext.metrics import attack_success_rate
 
 TARGET = 7
@@ -71,7 +71,6 @@ def main(argv=None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("benchmarks.poisoners")
-    _ensure_registered()
     start = time.perf_counter()
     data = load_dataset("mnist-5k", channels_first=True)
     (_, _), (x_test, y_test) = data

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import (DEFENCES, Scenario, _ensure_registered, format_value, load_results,
+from art_backdoor_ext.evaluation import (DEFENCES, Scenario, format_value, load_results,
                                          run_scenario, save_results)
 
 CONFIG_SOURCES = {"1SC": [1], "3SC": [1, 2, 3], "9SC": None}
@@ -42,13 +42,12 @@ ATTACKS = {**{p: f"pattern-{p}" for p in "ABCDEF"}, "A6": "chessboard-patch"}
 PLOTTED = {("A6", "3SC"), ("C", "3SC"), ("clean", "-")}
 
 
-def save_plots(ctx, prefix: str) -> None:
+def save_plots(ctx, report, prefix: str) -> None:
     """The paper's Figures 2 and 15 for one scenario: recovered vs true pattern, reciprocal statistics + Gamma null."""
     import matplotlib.pyplot as plt
 
     from art_backdoor_ext.plotting import plot_pattern_comparison, plot_reciprocal_statistics
 
-    report = ctx.cache["re_report"]
     if report["pattern"] is not None:
         true = getattr(ctx.trigger, "pattern", None)
         fig = plot_pattern_comparison(report["pattern"], true, title=f"recovered ({report['source_class']}->"
@@ -160,7 +159,6 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    _ensure_registered()
     defences = args.defences or [d for d in ("re", "re-paper", "ci", "ac", "ss") if d in DEFENCES]
     n_per = dict(DEFAULT_N)
     if args.n_per_source:
@@ -182,8 +180,9 @@ def main(argv=None) -> None:
                           nb_epochs=args.epochs, seed=args.seed)
         res = run_scenario(sc, defences=defences, retrain=True if args.retrain is None else args.retrain,
                            keep_context=True)
-        if "re_report" in res.context.cache and (pattern, config) in PLOTTED:
-            save_plots(res.context, f"{out}_{pattern}_{config}".replace("_-", ""))
+        re_rows = [row for row in res.rows if row.defence == "re"]
+        if re_rows and (pattern, config) in PLOTTED:
+            save_plots(res.context, re_rows[0].report, f"{out}_{pattern}_{config}".replace("_-", ""))
         res.context = None
         entries.append((pattern, config, res))
         results.append(res)

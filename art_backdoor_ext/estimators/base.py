@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -95,7 +96,8 @@ class FrameworkAdapter(abc.ABC):
         """Predicted class indices."""
         if len(x) == 0:
             return np.zeros((0,), np.int64)
-        return np.argmax(self.classifier.predict(np.asarray(x, np.float32), batch_size=batch_size), axis=1)
+        with self.seeded(None):  # ART's PyTorch predict draws a data-loader seed from torch's global generator
+            return np.argmax(self.classifier.predict(np.asarray(x, np.float32), batch_size=batch_size), axis=1)
 
     @abc.abstractmethod
     def log_prob_and_grad(self, x: np.ndarray, labels: np.ndarray,
@@ -122,6 +124,34 @@ class FrameworkAdapter(abc.ABC):
     @abc.abstractmethod
     def clone(self, reset_weights: bool = False):
         """A new ART classifier of the same type around a deep copy of the model (weights copied unless reset)."""
+
+    @contextlib.contextmanager
+    def seeded(self, seed: Optional[int]) -> Iterator[None]:
+        """
+        Run a block with numpy's global generator and the framework's global generator seeded with ``seed`` (left as
+        they are when ``seed`` is None), and restore both afterwards: for library code that draws from global state
+        (ART's PGD and ``fit``), so that a call is deterministic and the caller's random state is untouched.
+        """
+        np_state = np.random.get_state()
+        fw_state = self._framework_rng_state()
+        try:
+            if seed is not None:
+                np.random.seed(int(seed) % (2 ** 32))
+                self._seed_framework(int(seed))
+            yield
+        finally:
+            np.random.set_state(np_state)
+            self._restore_framework_rng_state(fw_state)
+
+    def _framework_rng_state(self):
+        """The framework's global random state (None where the framework has none to save)."""
+        return None
+
+    def _seed_framework(self, seed: int) -> None:
+        """Seed the framework's global generator."""
+
+    def _restore_framework_rng_state(self, state) -> None:
+        """Restore what :meth:`_framework_rng_state` returned."""
 
     def get_weights(self) -> List[np.ndarray]:
         """All model parameters as numpy arrays (for checking that the original model is untouched)."""

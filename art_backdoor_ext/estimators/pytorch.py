@@ -119,6 +119,21 @@ class PyTorchAdapter(FrameworkAdapter):
             device_type="gpu" if isinstance(self.device, torch.device) and self.device.type == "cuda" else "cpu",
         )
 
+    def _framework_rng_state(self):
+        import torch
+
+        return torch.get_rng_state()
+
+    def _seed_framework(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def _restore_framework_rng_state(self, state) -> None:
+        import torch
+
+        torch.set_rng_state(state)
+
     def get_weights(self) -> List[np.ndarray]:
         return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
 

@@ -5,15 +5,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-
-def to_display(image: np.ndarray) -> np.ndarray:
-    """One image (CHW, HWC or HW) as HW or HWC for ``imshow``."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
-        image = np.moveaxis(image, 0, -1)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    return image
+from art_backdoor_ext.layout import to_display  # noqa: F401  (one layout rule for the whole package)
 
 
 def plot_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None, ncols: int = 8,

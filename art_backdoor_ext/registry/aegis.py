@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import ScenarioContext, register_defence
+from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
 
 logger = logging.getLogger(__name__)
 

@@ -1,46 +1,84 @@
 """
-Harness attacks for the invisible triggers (issue 3).
+Every attack of the harness, by name (each factory returns a trigger function ``f(x) -> x`` or an ART attack):
 
+* visible triggers: ``"badnets"`` (a localised square through ART's ``PoisoningAttackBackdoor``), ``"localised"``,
+  ``"distributed"`` (the AEGIS paper's two visible triggers);
 * ``"static"``: Zhong et al.'s invisible static trigger (+3/255 where row and column are both even; = pattern B);
 * ``"pattern-A"`` ... ``"pattern-F"`` (and ``"chessboard"``): the RE paper's imperceptible patterns (CIFAR-10 settings);
 * ``"chessboard-patch"``: the RE paper's MNIST attack, a 6x6 chessboard patch of 25/255 at the bottom-right corner;
-* ``"adversarial"``: Zhong et al.'s adversarial trigger, built on a clean surrogate of the scenario's framework.
+* ``"adversarial"``: Zhong et al.'s adversarial trigger, built on a clean surrogate of the scenario's framework;
+* ``"isolated-pixels"``: pattern E with brightening pixels only (a blur-fragile trigger for cluster impurity).
 
-Every factory returns a :class:`~art_backdoor_ext.attacks.poisoning.perturbations.PatternTrigger`, a trigger function
-``f(x) -> x`` whose ``.pattern`` attribute is the additive pattern (for comparing with a defence's recovered pattern).
+The pattern factories return a :class:`~art_backdoor_ext.attacks.poisoning.perturbations.PatternTrigger`, whose
+``.pattern`` attribute is the additive pattern (for comparing with a defence's recovered pattern).
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import numpy as np
 
-from art_backdoor_ext.attacks.poisoning.perturbations import PatternTrigger, canonical_pattern_kind, make_pattern
-from art_backdoor_ext.evaluation import AttackContext, register_attack
+from art_backdoor_ext.attacks.poisoning.perturbations import (
+    PatternTrigger,
+    canonical_pattern_kind,
+    distributed_trigger,
+    isolated_pixels_pattern,
+    localised_trigger,
+    make_pattern,
+)
+from art_backdoor_ext.evaluation.api import AttackContext, register_attack
 
 logger = logging.getLogger(__name__)
 
 
-def _image_shape(ctx: AttackContext):
-    return tuple(ctx.x_train.shape[1:])
+@register_attack("badnets")
+def _badnets(ctx: AttackContext, size: int = 3, value: float = 1.0):
+    """BadNets-style localised square through ART's ``PoisoningAttackBackdoor``."""
+    from art.attacks.poisoning import PoisoningAttackBackdoor
+
+    return PoisoningAttackBackdoor(localised_trigger(size=size, value=value))
 
 
-def _channels_first(ctx: AttackContext) -> bool:
-    return ctx.framework == "pytorch"
+@register_attack("localised")
+def _localised(ctx: AttackContext, size: int = 3, value: float = 1.0):
+    """The AEGIS paper's localised trigger: one square at the bottom-right corner."""
+    return localised_trigger(size=size, value=value)
+
+
+@register_attack("distributed")
+def _distributed(ctx: AttackContext, size: int = 2, value: float = 1.0):
+    """The AEGIS paper's distributed trigger: two smaller squares at the top-left and bottom-right corners."""
+    return distributed_trigger(size=size, value=value)
+
+
+@register_attack("isolated-pixels")
+def _isolated_pixels(ctx: AttackContext, nb_pixels: int = 4, value: float = 0.35, seed: Optional[int] = None,
+                     border_band: bool = False):
+    """Pattern E with brightening pixels only (:func:`isolated_pixels_pattern`); clipped to [0, 1]."""
+    pattern = isolated_pixels_pattern(ctx.image_shape, nb_pixels, value, ctx.seed if seed is None else seed,
+                                      channels_first=ctx.channels_first, border_band=border_band)
+
+    def trigger(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(x, np.float32) + pattern, 0.0, 1.0)
+
+    trigger.pattern = pattern
+    trigger.__name__ = "isolated_pixels_trigger"
+    return trigger
 
 
 @register_attack("static")
 def _static(ctx: AttackContext, magnitude: float = 3.0):
     """Zhong et al.'s invisible static trigger; ``magnitude`` in 1/255 units (3 in the paper)."""
-    pattern = make_pattern("static", _image_shape(ctx), channels_first=_channels_first(ctx))
+    pattern = make_pattern("static", ctx.image_shape, channels_first=ctx.channels_first)
     return PatternTrigger(pattern * (float(magnitude) / 3.0), kind="static")
 
 
 def _pattern_factory(kind: str, **defaults):
     def factory(ctx: AttackContext, seed: int = None, size: int = 3, **kwargs):
         seed = ctx.seed if seed is None else seed
-        pattern = make_pattern(kind, _image_shape(ctx), seed=seed, channels_first=_channels_first(ctx), size=size,
+        pattern = make_pattern(kind, ctx.image_shape, seed=seed, channels_first=ctx.channels_first, size=size,
                                **{**defaults, **kwargs})
         return PatternTrigger(pattern, kind=canonical_pattern_kind(kind))
 

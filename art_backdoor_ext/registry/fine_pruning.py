@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import DEFENCES, ScenarioContext, register_defence
+from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
+from art_backdoor_ext.registry.art_baselines import activation_clustering
 
 
 def tuning_set(ctx: ScenarioContext, tuning_fraction: float = 0.1, seed: Optional[int] = None
@@ -73,8 +74,7 @@ def _ac_retrain_fine_pruning(ctx: ScenarioContext, tuning_fraction: float = 0.1,
     The thesis's combination: Activation Clustering (the harness's ``"ac"`` row) filters the poisoned training set, a
     fresh model of the scenario's kind is retrained on the kept images, and the retrained model is fine-pruned.
     """
-    _, ac = DEFENCES["ac"]
-    ac_report, is_clean = ac(ctx, **(ac_kwargs or {}))
+    ac_report, is_clean = activation_clustering(ctx, **(ac_kwargs or {}))
     keep = np.asarray(is_clean).astype(bool)
     retrained = ctx.train_model(ctx.x_train[keep], ctx.y_train[keep])
     model, report = _fine_prune(ctx, retrained, tuning_fraction, record_asr, **kwargs)

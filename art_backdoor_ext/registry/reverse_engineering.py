@@ -1,53 +1,51 @@
 """
-Harness registration of the RE defence (issue 4): ``run_defences(ctx, ["re"])`` runs
-:class:`~art_backdoor_ext.defences.detector.poison.ReverseEngineeringDefence` on the scenario's poisoned training set.
+Harness rows of the RE defence (:class:`~art_backdoor_ext.defences.detector.poison.ReverseEngineeringDefence`):
+
+* ``"re"``: the defence with its defaults (per-source normalised detection rule);
+* ``"re-paper"``: the paper's detection rule (``normalize_sources=False``: one Gamma null for all reciprocal
+  statistics).
+
+Both rows estimate the patterns through the scenario's shared cache, keyed by everything that determines them
+(classifier, data, estimation parameters), so the two rules are compared on identical patterns whichever row runs
+first, and neither row changes the other's defence object.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any, Dict, Tuple
 
-from art_backdoor_ext.evaluation import ScenarioContext, register_defence
+import numpy as np
+
+from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
 
 logger = logging.getLogger(__name__)
 
 
-@register_defence("re")
-def _reverse_engineering(ctx: ScenarioContext, **kwargs):
-    """
-    The RE defence with its defaults (override any parameter by keyword). The report's ``notes`` gives the p-value,
-    the inferred source class and the number of pairs that hit the iteration cap.
-    """
+def _run(ctx: ScenarioContext, **kwargs: Any) -> Tuple[Dict[str, Any], np.ndarray]:
     from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
 
     kwargs.setdefault("verbose", ctx.verbose)
     defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train, **kwargs)
-    ctx.cache["re"] = defence
-    report, is_clean = defence.detect_poison()
-    ctx.cache["re_report"] = report
-    return _summary(report, is_clean)
-
-
-@register_defence("re-paper")
-def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs):
-    """
-    The RE defence with the paper's detection rule (``normalize_sources=False``: one Gamma null for all reciprocal
-    statistics). Reuses the patterns of an ``"re"`` row run before it on the same scenario (same estimation
-    parameters), so the two detection rules are compared on identical patterns.
-    """
-    from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
-
-    kwargs["normalize_sources"] = False
-    kwargs.setdefault("verbose", ctx.verbose)
-    defence = ctx.cache.get("re")
-    if defence is None:
-        defence = ReverseEngineeringDefence(ctx.classifier, ctx.x_train, ctx.y_train)
-        ctx.cache["re"] = defence
-    return _summary(*defence.detect_poison(**kwargs))
-
-
-def _summary(report, is_clean):
+    estimate = ctx.shared(("re-estimate",) + defence.estimation_key(), defence.estimate)
+    report, is_clean = defence.detect_from(estimate)
     notes = f"p={report['p_value']:.2g}, source={report['source_class']}, est {report['seconds_estimation']:.0f}s"
     if report["not_converged"]:
         notes += f", {len(report['not_converged'])} pairs unconverged"
-    report = dict(report, notes=notes)
-    return report, is_clean
+    return dict(report, notes=notes), np.asarray(is_clean, int)
+
+
+@register_defence("re")
+def _reverse_engineering(ctx: ScenarioContext, **kwargs: Any):
+    """
+    The RE defence with its defaults (override any parameter by keyword). The report's ``notes`` gives the p-value,
+    the inferred source class and the number of pairs that hit the iteration cap.
+    """
+    return _run(ctx, **kwargs)
+
+
+@register_defence("re-paper")
+def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs: Any):
+    """The RE defence with the paper's detection rule (``normalize_sources=False``); other parameters as ``"re"``."""
+    if "normalize_sources" in kwargs:
+        raise ValueError("The 're-paper' row fixes normalize_sources=False; use the 're' row to choose it.")
+    return _run(ctx, normalize_sources=False, **kwargs)

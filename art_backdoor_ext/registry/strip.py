@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.evaluation import ScenarioContext, register_defence
+from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
 from art_backdoor_ext.utils import batches
 
 

@@ -20,9 +20,9 @@ from art_backdoor_ext.attacks.poisoning.perturbations import (
     PatternTrigger,
     add_pattern,
     canonical_pattern_kind,
-    infer_layout,
     make_pattern,
 )
+from art_backdoor_ext.layout import infer_layout
 from art_backdoor_ext.utils import poison_labels
 
 logger = logging.getLogger(__name__)

@@ -28,65 +28,15 @@ once from ``seed`` and are then fixed.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
+
+from art_backdoor_ext.layout import image_dims, infer_layout, to_nhwc  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 Perturbation = Callable[[np.ndarray], np.ndarray]
-
-
-def infer_layout(x: np.ndarray, channels_first: Optional[bool] = None) -> Tuple[bool, Optional[int]]:
-    """
-    Work out the layout of ``x``.
-
-    :return: ``(batched, channel_axis)`` where ``channel_axis`` is ``None`` for images without a channel axis.
-    :raises ValueError: For arrays that are not images.
-    """
-    if x.ndim == 4:
-        if channels_first is None:
-            channels_first = x.shape[1] in (1, 3, 4) and x.shape[-1] not in (1, 3, 4)
-        return True, 1 if channels_first else 3
-    if x.ndim == 3:
-        if channels_first is not None:  # an explicit layout means one image with a channel axis
-            return False, 0 if channels_first else 2
-        if x.shape[-1] in (1, 3, 4):
-            return False, 2  # one HWC image
-        return True, None  # NHW batch of grayscale images (a CHW image is read the same way)
-    if x.ndim == 2:
-        return False, None
-    raise ValueError(f"Expected an image or a batch of images (2 to 4 dimensions), got shape {x.shape}.")
-
-
-def to_nhwc(x: np.ndarray, channels_first: Optional[bool] = None):
-    """
-    View ``x`` as a float ``NHWC`` copy and return ``(x_nhwc, restore)`` where ``restore(y_nhwc)`` gives an array in
-    the layout (and dtype) of ``x``.
-    """
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"Images must be numeric, got dtype {x.dtype}.")
-    batched, axis = infer_layout(x, channels_first)
-    out = np.array(x, dtype=np.float32, copy=True)
-    if not batched:
-        out = out[np.newaxis]
-    if axis is None:
-        out = out[..., np.newaxis]
-    elif axis == (1 if batched else 0):
-        out = np.moveaxis(out, 1, -1)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-
-    def restore(y: np.ndarray) -> np.ndarray:
-        if axis is None:
-            y = y[..., 0]
-        elif axis == (1 if batched else 0):
-            y = np.moveaxis(y, -1, 1)
-        if not batched:
-            y = y[0]
-        return np.ascontiguousarray(y, dtype=dtype)
-
-    return out, restore
 
 
 def _check_square(size: int, value: float, name: str) -> None:
@@ -167,25 +117,6 @@ def canonical_pattern_kind(kind: str) -> str:
     return PATTERN_ALIASES[kind.strip().lower()]
 
 
-def _image_layout(image_shape, channels_first: Optional[bool]) -> Tuple[int, int, int, Optional[bool]]:
-    """``(h, w, c, channels_first)`` of one image of ``image_shape``; ``channels_first`` is None for ``(h, w)``."""
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) == 4:  # a batch shape: use one image
-        shape = shape[1:]
-    if len(shape) == 2:
-        h, w = shape
-        c, channels_first = 1, None
-    elif len(shape) == 3:
-        if channels_first is None:
-            channels_first = shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
-        c, h, w = shape if channels_first else (shape[2], shape[0], shape[1])
-    else:
-        raise ValueError(f"image_shape must be (H, W), (C, H, W) or (H, W, C), got {image_shape!r}.")
-    if min(h, w, c) < 1:
-        raise ValueError(f"image_shape must have positive sizes, got {image_shape!r}.")
-    return h, w, c, channels_first
-
-
 def _shape_mask(kind: str, size: int) -> np.ndarray:
     """Boolean ``size`` x ``size`` mask of the cross / square / L."""
     m = np.zeros((size, size), bool)
@@ -219,7 +150,7 @@ def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional
     :return: float32 array of ``image_shape`` (one image) with the signed perturbation; on the 8-bit grid.
     """
     kind = canonical_pattern_kind(kind)
-    h, w, c, cf = _image_layout(image_shape, channels_first)
+    h, w, c, cf = image_dims(image_shape, channels_first)
     if int(size) < 2 and kind in ("cross", "L"):
         raise ValueError(f"A {kind} needs size >= 2, got {size}.")
     if int(size) < 1 or int(size) > min(h, w):
@@ -352,3 +283,42 @@ def pattern_trigger(kind_or_array, image_shape=None, seed: int = 0, channels_fir
         return PatternTrigger(make_pattern(kind, image_shape, seed=seed, channels_first=channels_first, **kwargs),
                               kind=kind)
     return PatternTrigger(np.asarray(kind_or_array), kind="custom")
+
+
+def isolated_pixels_pattern(image_shape, nb_pixels: int = 4, value: float = 0.35, seed: int = 0,
+                            channels_first: Optional[bool] = None, border_band: bool = False) -> np.ndarray:
+    """
+    An additive pattern of ``nb_pixels`` pixels of ``+value`` (every channel; 0.35 ~ pattern E's 80-96/255) for one
+    image of ``image_shape``, at seeded positions at least one pixel from the border and three pixels from one another
+    (no two share a 2x2 blur window); with ``border_band`` only in the outer band of the image (within
+    ``max(3, min(H, W) // 5)`` pixels of the border, the background of centred digits).
+
+    This is pattern E of the RE paper with every pixel *brightening*: on MNIST's black background pattern E's
+    darkening pixels are clipped away, so this is the variant of E that a 2x2 blur (cluster impurity) is meant to
+    destroy.
+    """
+    if not 0 < float(value) <= 1:
+        raise ValueError(f"value must be in (0, 1], got {value!r}.")
+    if len(tuple(image_shape)) not in (2, 3):
+        raise ValueError(f"image_shape must be (H, W), (C, H, W) or (H, W, C), got {image_shape!r}.")
+    h, w, c, cf = image_dims(image_shape, channels_first)
+    rng = np.random.default_rng(seed)
+    band = max(3, min(h, w) // 5)  # the outer band, where MNIST-like digits never reach
+    cells = [(r, col) for r in range(1, h - 1) for col in range(1, w - 1)
+             if min(r, col, h - 1 - r, w - 1 - col) < band or not border_band]
+    chosen = []
+    for i in rng.permutation(len(cells)):
+        r, col = cells[i]
+        if all(max(abs(r - r2), abs(col - c2)) >= 3 for r2, c2 in chosen):
+            chosen.append((r, col))
+        if len(chosen) == nb_pixels:
+            break
+    if len(chosen) < nb_pixels:
+        raise ValueError(f"Cannot place {nb_pixels} isolated pixels in a {h}x{w} image.")
+    pattern = np.zeros((h, w), np.float32)
+    rows, cols = np.array(chosen).T
+    pattern[rows, cols] = float(value)
+    if cf is None:
+        return pattern
+    axis = 0 if cf else 2
+    return np.repeat(np.expand_dims(pattern, axis), c, axis=axis)

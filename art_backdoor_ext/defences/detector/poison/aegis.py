@@ -19,15 +19,13 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from art.defences.detector.poison import PoisonFilteringDefence
-
-from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import check_xy, progress
+from art_backdoor_ext.defences.base import PoisonFilteringDefenceBase
+from art_backdoor_ext.utils import check_bool, check_choice, check_int, check_layer_name, check_number, progress
 
 logger = logging.getLogger(__name__)
 
 
-class AEGISDefence(PoisonFilteringDefence):
+class AEGISDefence(PoisonFilteringDefenceBase):
     """
     AEGIS (Algorithm 1 of Soremekun et al.): for every class ``y``
 
@@ -80,10 +78,10 @@ class AEGISDefence(PoisonFilteringDefence):
     :meth:`plot_clusters` and :meth:`plot_cluster_exemplars` (the paper's Figures 4-7).
     """
 
-    defence_params = [
-        "classifier", "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
+    defence_params = PoisonFilteringDefenceBase.defence_params + [
+        "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
         "bandwidth", "bandwidth_quantile", "cluster_threshold", "cluster_rule", "min_cluster_size",
-        "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
+        "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed",
     ]
 
     def __init__(
@@ -110,6 +108,7 @@ class AEGISDefence(PoisonFilteringDefence):
         robustness_eps: float = 1.0,
         seed: int = 0,
         verbose: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         :param classifier: A trained ART classifier (PyTorch or Keras), ideally adversarially robust.
@@ -139,75 +138,51 @@ class AEGISDefence(PoisonFilteringDefence):
         :param robustness_check: Warn when the classifier does not look adversarially robust.
         :param robustness_eps: L2 radius of the robustness check (untargeted PGD, 10 steps, 100 images).
         :param seed: Seed for seed sampling, subsampling, PGD, t-SNE and bandwidth estimation.
+        :param kwargs: No other parameter: an unknown key raises a ``ValueError`` naming the valid ones.
         :param verbose: Progress bars.
         """
         super().__init__(classifier, x_train, y_train)
-        self.nb_seeds = nb_seeds
-        self.eps = eps
-        self.eps_step = eps_step
-        self.max_iter = max_iter
-        self.layer = layer
-        self.pca_components = pca_components
-        self.perplexity = perplexity
-        self.tsne_iter = tsne_iter
-        self.bandwidth = bandwidth
-        self.bandwidth_quantile = bandwidth_quantile
-        self.cluster_threshold = cluster_threshold
-        self.cluster_rule = cluster_rule
-        self.min_cluster_size = min_cluster_size
-        self.max_train_per_class = max_train_per_class
-        self.batch_size = batch_size
-        self.robustness_check = robustness_check
-        self.robustness_eps = robustness_eps
-        self.seed = seed
-        self.verbose = verbose
-        self._check_params()
-        self._adapter = get_adapter(classifier)
-        self._x, self._labels = check_xy(x_train, y_train, self._adapter.nb_classes)
-        self._adapter.resolve_layer(layer)
+        self._init_params(
+            nb_seeds=nb_seeds, eps=eps, eps_step=eps_step, max_iter=max_iter, layer=layer,
+            pca_components=pca_components, perplexity=perplexity, tsne_iter=tsne_iter, bandwidth=bandwidth,
+            bandwidth_quantile=bandwidth_quantile, cluster_threshold=cluster_threshold, cluster_rule=cluster_rule,
+            min_cluster_size=min_cluster_size, max_train_per_class=max_train_per_class, batch_size=batch_size,
+            robustness_check=robustness_check, robustness_eps=robustness_eps, seed=seed, verbose=verbose,
+            **kwargs,
+        )
         self.embeddings_: Dict[int, np.ndarray] = {}
         self.cluster_labels_: Dict[int, np.ndarray] = {}
         self.is_translated_: Dict[int, np.ndarray] = {}
         self.translated_: Dict[int, np.ndarray] = {}
         self.train_indices_: Dict[int, np.ndarray] = {}
-        self.report_: Optional[Dict[str, Any]] = None
 
     # ----------------------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        def is_int(v) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if not is_int(self.nb_seeds) or self.nb_seeds < 2:
-            raise ValueError(f"nb_seeds must be an integer >= 2 (the paper uses 500), got {self.nb_seeds!r}.")
-        if not self.eps > 0 or not self.eps_step > 0:
-            raise ValueError(f"eps and eps_step must be > 0 (paper: eps 100 on MNIST), got {self.eps!r}, "
-                             f"{self.eps_step!r}.")
-        if not is_int(self.max_iter) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}.")
-        if self.pca_components is not None and (not is_int(self.pca_components) or self.pca_components < 0):
-            raise ValueError(f"pca_components must be None, 0 or a positive integer, got {self.pca_components!r}.")
-        if not self.perplexity > 0:
-            raise ValueError(f"perplexity must be > 0 (paper: 30), got {self.perplexity!r}.")
-        if not is_int(self.tsne_iter) or self.tsne_iter < 250:
-            raise ValueError(f"tsne_iter must be an integer >= 250 (scikit-learn's minimum), got {self.tsne_iter!r}.")
-        if self.bandwidth is not None and not self.bandwidth > 0:
-            raise ValueError(f"bandwidth must be None (estimated) or > 0, got {self.bandwidth!r}.")
-        if not 0 < self.bandwidth_quantile <= 1:
-            raise ValueError(f"bandwidth_quantile must be in (0, 1], got {self.bandwidth_quantile!r}.")
-        if not is_int(self.cluster_threshold) or self.cluster_threshold < 1:
-            raise ValueError(f"cluster_threshold must be an integer >= 1 (paper: 2), got {self.cluster_threshold!r}.")
-        if self.cluster_rule not in ("translated", "all"):
-            raise ValueError(f"cluster_rule must be 'translated' (training clusters count as one, as the paper's "
-                             f"invariant) or 'all' (every cluster, Algorithm 1), got {self.cluster_rule!r}.")
-        if not is_int(self.min_cluster_size) or self.min_cluster_size < 1:
-            raise ValueError(f"min_cluster_size must be an integer >= 1, got {self.min_cluster_size!r}.")
-        if self.max_train_per_class is not None and (not is_int(self.max_train_per_class)
-                                                     or self.max_train_per_class < 2):
-            raise ValueError(f"max_train_per_class must be None or an integer >= 2, got {self.max_train_per_class!r}.")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
-        if not self.robustness_eps > 0:
-            raise ValueError(f"robustness_eps must be > 0, got {self.robustness_eps!r}.")
+        check_int("nb_seeds", self.nb_seeds, low=2, hint="the paper uses 500")
+        check_number("eps", self.eps, low=0, low_open=True, hint="the paper: 100 on MNIST")
+        check_number("eps_step", self.eps_step, low=0, low_open=True)
+        check_int("max_iter", self.max_iter, low=1)
+        check_layer_name("layer", self.layer)
+        self._adapter.resolve_layer(self.layer)
+        if self.pca_components is not None:
+            check_int("pca_components", self.pca_components, low=0, hint="None or 0 = no PCA")
+        check_number("perplexity", self.perplexity, low=0, low_open=True, hint="the paper: 30")
+        check_int("tsne_iter", self.tsne_iter, low=250, hint="scikit-learn's minimum is 250")
+        if self.bandwidth is not None:
+            check_number("bandwidth", self.bandwidth, low=0, low_open=True, hint="None = estimated")
+        check_number("bandwidth_quantile", self.bandwidth_quantile, low=0, high=1, low_open=True)
+        check_int("cluster_threshold", self.cluster_threshold, low=1, hint="the paper: 2")
+        check_choice("cluster_rule", self.cluster_rule, ("translated", "all"),
+                     hint="'translated': training clusters count as one, the paper's invariant; 'all': every "
+                          "cluster, Algorithm 1")
+        check_int("min_cluster_size", self.min_cluster_size, low=1)
+        if self.max_train_per_class is not None:
+            check_int("max_train_per_class", self.max_train_per_class, low=2)
+        check_int("batch_size", self.batch_size, low=1)
+        check_bool("robustness_check", self.robustness_check)
+        check_number("robustness_eps", self.robustness_eps, low=0, low_open=True)
+        check_int("seed", self.seed, low=0)
+        check_bool("verbose", self.verbose)
 
     # ----------------------------------------------------------------------------------------------------- steps
     def check_robustness(self, nb_images: int = 100, eps: Optional[float] = None) -> float:
@@ -229,7 +204,8 @@ class AEGISDefence(PoisonFilteringDefence):
             pgd = ProjectedGradientDescent(self.classifier, norm=2, eps=eps, eps_step=eps / 4, max_iter=10,
                                            targeted=False, num_random_init=0, batch_size=self.batch_size,
                                            verbose=False)
-            x_adv = pgd.generate(x)
+            with self._adapter.seeded(self.seed + 1):
+                x_adv = pgd.generate(x)
             flip = float(np.mean(self._adapter.predict_labels(x_adv) != self._adapter.predict_labels(x)))
         if flip > 0.5:
             msg = (f"AEGIS presumes an adversarially robust model, but an L2 PGD of radius {eps} flips {flip:.0%} of "
@@ -252,11 +228,12 @@ class AEGISDefence(PoisonFilteringDefence):
         n_total = self.nb_seeds * k
         seeds = rng.choice(len(self._x), size=n_total, replace=n_total > len(self._x))
         targets = np.repeat(np.arange(k), self.nb_seeds)
-        np.random.seed(self.seed)  # ART's PGD draws from numpy's global generator
         pgd = ProjectedGradientDescent(self.classifier, norm=2, eps=self.eps, eps_step=self.eps_step,
                                        max_iter=self.max_iter, targeted=True, num_random_init=0,
                                        batch_size=self.batch_size, verbose=self.verbose)
-        x_trans = pgd.generate(self._x[seeds], y=np.eye(k, dtype=np.float32)[targets])
+        # ART's PGD draws from global generators: seed them for this call only, and restore the caller's state
+        with self._adapter.seeded(self.seed):
+            x_trans = pgd.generate(self._x[seeds], y=np.eye(k, dtype=np.float32)[targets])
         return np.asarray(x_trans, np.float32), targets
 
     def _embed(self, feats: np.ndarray) -> np.ndarray:
@@ -287,7 +264,7 @@ class AEGISDefence(PoisonFilteringDefence):
         """
         Run AEGIS on every class.
 
-        :param kwargs: Any of :attr:`defence_params` to override before running.
+        :param kwargs: Any of :attr:`defence_params`, set (atomically) before running.
         :return: ``(report, is_clean)``. The report has ``detected``, ``suspected_classes``, ``target_class``,
                  ``nb_clusters`` (per class, by ``cluster_rule``), ``per_class`` (per class: ``nb_clusters``,
                  ``nb_clusters_all`` (every cluster), ``nb_translated_clusters`` (clusters made mostly of translated
@@ -299,9 +276,9 @@ class AEGISDefence(PoisonFilteringDefence):
                  ``robustness_flip_rate`` and ``seconds``. ``is_clean`` (1 = clean) is our extension, see the class
                  docstring.
         """
-        if kwargs:
-            self.set_params(**kwargs)
-            self._adapter.resolve_layer(self.layer)
+        return super().detect_poison(**kwargs)
+
+    def _detect(self) -> Tuple[Dict[str, Any], np.ndarray]:
         start = time.perf_counter()
         adapter = self._adapter
         layer = adapter.resolve_layer(self.layer)
@@ -384,33 +361,8 @@ class AEGISDefence(PoisonFilteringDefence):
             "seconds_clustering": seconds_cluster,
             "seconds": time.perf_counter() - start,
         }
-        self.report_ = report
         logger.info("AEGIS: clusters per class %s; suspected %s (%.1fs).", nb_clusters, suspected, report["seconds"])
-        return report, is_clean.tolist()
-
-    def evaluate_defence(self, is_clean: np.ndarray, **kwargs) -> str:
-        """
-        Confusion matrix (ART's ``GroundTruthEvaluator``) of the last :meth:`detect_poison` marking against
-        ``is_clean`` (1 = clean), per class, as JSON.
-        """
-        from art.defences.detector.poison.ground_truth_evaluator import GroundTruthEvaluator
-
-        if self.report_ is None:
-            self.detect_poison()
-        is_clean = np.asarray(is_clean).astype(int).ravel()
-        if len(is_clean) != len(self._x):
-            raise ValueError(f"is_clean must have one entry per training image ({len(self._x)}), got {len(is_clean)}.")
-        predicted = np.ones(len(self._x), int)
-        for c, idx in self.train_indices_.items():
-            if self.report_["nb_clusters"][c] > self.cluster_threshold:
-                labels = self.cluster_labels_[c][: len(idx)]
-                values, counts = np.unique(labels, return_counts=True)
-                predicted[idx[labels != values[np.argmax(counts)]]] = 0
-        k = self._adapter.nb_classes
-        assigned = [predicted[self._labels == c] for c in range(k)]
-        truth = [is_clean[self._labels == c] for c in range(k)]
-        _, json_report = GroundTruthEvaluator().analyze_correctness(assigned, truth)
-        return json_report
+        return report, is_clean
 
     # ----------------------------------------------------------------------------------------------------- plots
     def cluster_data(self, cls: int) -> Dict[str, Any]:

@@ -27,10 +27,9 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from art.defences.detector.poison import PoisonFilteringDefence
-
-from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import check_xy, progress
+from art_backdoor_ext.defences.base import PoisonFilteringDefenceBase
+from art_backdoor_ext.layout import channel_axis
+from art_backdoor_ext.utils import check_bool, check_int, check_layer_name, check_number, progress
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +47,12 @@ def blur_images(x: np.ndarray, size: int = 2, channels_first: Optional[bool] = N
     """
     from scipy.ndimage import uniform_filter
 
-    from art_backdoor_ext.attacks.poisoning.perturbations import infer_layout
-
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be an integer >= 1 (the CI authors use 2), got {size!r}.")
     x = np.asarray(x)
     if x.ndim not in (3, 4):
         raise ValueError(f"blur_images expects a batch of images (NCHW, NHWC or NHW), got shape {x.shape}.")
-    if x.ndim == 4:
-        _, axis = infer_layout(x, channels_first)
-    else:
-        axis = None
+    axis = channel_axis(x, channels_first) if x.ndim == 4 else None
     sizes = [1] * x.ndim
     spatial = [a for a in range(1, x.ndim) if a != axis]
     for a in spatial:
@@ -99,7 +93,7 @@ def select_components_bic(features: np.ndarray, max_components: int = 10, reg_co
     return best, bics
 
 
-class ClusterImpurityDefence(PoisonFilteringDefence):
+class ClusterImpurityDefence(PoisonFilteringDefenceBase):
     """
     Cluster impurity (CI) poison filter. For every class ``c``:
 
@@ -121,9 +115,9 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
     :meth:`plot_impurity` and :meth:`evaluate_defence`.
     """
 
-    defence_params = [
-        "classifier", "layer", "reduce", "nb_dims", "max_components", "reg_covar", "patience", "filter_size",
-        "threshold", "min_component_size", "batch_size", "seed", "verbose",
+    defence_params = PoisonFilteringDefenceBase.defence_params + [
+        "layer", "reduce", "nb_dims", "max_components", "reg_covar", "patience", "filter_size",
+        "threshold", "min_component_size", "batch_size", "seed",
     ]
 
     def __init__(
@@ -143,6 +137,7 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
         batch_size: int = 256,
         seed: int = 0,
         verbose: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         :param classifier: A trained ART classifier (PyTorch or Keras).
@@ -163,63 +158,35 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
         :param min_component_size: Components with fewer images are never flagged (1 = every component counts).
         :param batch_size: Batch size for features and predictions.
         :param seed: Seed of the mixture fits.
+        :param kwargs: No other parameter: an unknown key raises a ``ValueError`` naming the valid ones.
         :param verbose: Progress bar over classes.
         """
         super().__init__(classifier, x_train, y_train)
-        self.layer = layer
-        self.reduce = reduce
-        self.nb_dims = nb_dims
-        self.max_components = max_components
-        self.reg_covar = reg_covar
-        self.patience = patience
-        self.filter_size = filter_size
-        self.threshold = threshold
-        self.min_component_size = min_component_size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.verbose = verbose
-        self._check_params()
-        self._adapter = get_adapter(classifier)
-        self._x, self._labels = check_xy(x_train, y_train, self._adapter.nb_classes)
-        self._adapter.resolve_layer(layer)
-        self.report_: Optional[Dict[str, Any]] = None
-        self.is_clean_: Optional[np.ndarray] = None
+        self._init_params(layer=layer, reduce=reduce, nb_dims=nb_dims, max_components=max_components,
+                          reg_covar=reg_covar, patience=patience, filter_size=filter_size, threshold=threshold,
+                          min_component_size=min_component_size, batch_size=batch_size, seed=seed, verbose=verbose,
+                          **kwargs)
         self.components_: Dict[int, np.ndarray] = {}
         self.class_indices_: Dict[int, np.ndarray] = {}
         self.changed_: Optional[np.ndarray] = None
 
     # ----------------------------------------------------------------------------------------------------- checks
     def _check_params(self) -> None:
-        def is_int(v) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_number(v) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-        if self.layer is not None and not isinstance(self.layer, str):
-            raise ValueError(f"layer must be a layer name (str) or None for the penultimate layer, got {self.layer!r}.")
+        check_layer_name("layer", self.layer)
+        self._adapter.resolve_layer(self.layer)
         if not (self.reduce is None or (isinstance(self.reduce, str) and self.reduce.lower() in REDUCTIONS)):
             raise ValueError(f"reduce must be None (no reduction, the paper) or 'pca' (ART's AC spells it 'PCA'), got "
                              f"{self.reduce!r}.")
-        if not is_int(self.nb_dims) or self.nb_dims < 1:
-            raise ValueError(f"nb_dims must be a positive integer (default 10), got {self.nb_dims!r}.")
-        if not is_int(self.max_components) or self.max_components < 1:
-            raise ValueError(f"max_components must be an integer >= 1 (default 10), got {self.max_components!r}.")
-        if not is_number(self.reg_covar) or not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be a number >= 0 (the authors use 1e-3), got {self.reg_covar!r}.")
-        if not is_int(self.patience) or self.patience < 1:
-            raise ValueError(f"patience must be an integer >= 1 (the authors stop after 2), got {self.patience!r}.")
-        if not is_int(self.filter_size) or self.filter_size < 2:
-            raise ValueError(f"filter_size must be an integer >= 2 (the authors use a 2x2 mean filter; 1 would not "
-                             f"blur), got {self.filter_size!r}.")
-        if not is_number(self.threshold) or not self.threshold > 0 or not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite number > 0 (the authors use 0.5), got {self.threshold!r}.")
-        if not is_int(self.min_component_size) or self.min_component_size < 1:
-            raise ValueError(f"min_component_size must be an integer >= 1, got {self.min_component_size!r}.")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
-        if not is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        check_int("nb_dims", self.nb_dims, low=1, hint="default 10")
+        check_int("max_components", self.max_components, low=1, hint="default 10")
+        check_number("reg_covar", self.reg_covar, low=0, hint="the authors use 1e-3")
+        check_int("patience", self.patience, low=1, hint="the authors stop after 2")
+        check_int("filter_size", self.filter_size, low=2, hint="the authors use a 2x2 mean filter; 1 would not blur")
+        check_number("threshold", self.threshold, low=0, low_open=True, hint="the authors use 0.5")
+        check_int("min_component_size", self.min_component_size, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_int("seed", self.seed, low=0)
+        check_bool("verbose", self.verbose)
 
     # ----------------------------------------------------------------------------------------------------- steps
     def blur(self, x: np.ndarray) -> np.ndarray:
@@ -257,21 +224,18 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
         """
         Run CI on every class.
 
-        :param kwargs: Any of :attr:`defence_params` to override before running.
+        :param kwargs: Any of :attr:`defence_params`, set (atomically) before running.
         :return: ``(report, is_clean)`` with ``is_clean[i] = 0`` for the images of flagged components. The report has
                  ``detected``, ``suspected_classes`` (most impure first), ``target_class``, ``nb_components`` (per
                  class), ``max_impurity`` (per class), ``per_class`` (per class: ``nb_components``, ``dims``,
                  ``component_sizes``, ``impurities``, ``unchanged_fractions``, ``flagged_components``, ``bic``),
-                 ``flip_rate`` (fraction of all images whose prediction the blur changes), ``threshold``, ``layer``,
+                 ``flip_rate`` (fraction of all images whose prediction the blur changes), ``prediction_changed``
+                 (per training image: the blur changed its prediction), ``threshold``, ``layer``,
                  ``reduce``, ``seconds_features``, ``seconds_clustering``, ``seconds_blur`` and ``seconds``.
         """
-        if kwargs:
-            unknown = sorted(set(kwargs) - set(self.defence_params) | ({"classifier"} & set(kwargs)))
-            if unknown:
-                raise ValueError(f"Unknown or fixed parameters {unknown}; settable: "
-                                 f"{', '.join(p for p in self.defence_params if p != 'classifier')}.")
-            self.set_params(**kwargs)
-            self._adapter.resolve_layer(self.layer)
+        return super().detect_poison(**kwargs)
+
+    def _detect(self) -> Tuple[Dict[str, Any], np.ndarray]:
         start = time.perf_counter()
         adapter = self._adapter
         layer = adapter.resolve_layer(self.layer)
@@ -331,6 +295,7 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
             "max_impurity": max_impurity,
             "per_class": per_class,
             "flip_rate": float(np.mean(changed)) if len(changed) else 0.0,
+            "prediction_changed": changed,
             "nb_flagged": int(np.sum(is_clean == 0)),
             "threshold": float(self.threshold),
             "layer": layer,
@@ -341,30 +306,10 @@ class ClusterImpurityDefence(PoisonFilteringDefence):
             "seconds_clustering": seconds_clustering,
             "seconds": time.perf_counter() - start,
         }
-        self.report_ = report
-        self.is_clean_ = is_clean
         self.changed_ = changed
         logger.info("CI: components per class %s; suspected %s; %d images flagged (%.1fs).",
                     report["nb_components"], suspected, report["nb_flagged"], report["seconds"])
-        return report, is_clean.tolist()
-
-    def evaluate_defence(self, is_clean: np.ndarray, **kwargs) -> str:
-        """
-        Confusion matrix (ART's ``GroundTruthEvaluator``) of the last :meth:`detect_poison` marking against the ground
-        truth ``is_clean`` (1 = clean), per class, as JSON.
-        """
-        from art.defences.detector.poison.ground_truth_evaluator import GroundTruthEvaluator
-
-        if self.is_clean_ is None:
-            self.detect_poison()
-        is_clean = np.asarray(is_clean).astype(int).ravel()
-        if len(is_clean) != len(self._x):
-            raise ValueError(f"is_clean must have one entry per training image ({len(self._x)}), got {len(is_clean)}.")
-        k = self._adapter.nb_classes
-        assigned = [self.is_clean_[self._labels == c] for c in range(k)]
-        truth = [is_clean[self._labels == c] for c in range(k)]
-        _, json_report = GroundTruthEvaluator().analyze_correctness(assigned, truth)
-        return json_report
+        return report, is_clean
 
     def plot_impurity(self, **kwargs):
         """Impurity of every component of every class with the threshold line (see :func:`plot_impurity`)."""

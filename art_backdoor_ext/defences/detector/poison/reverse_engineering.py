@@ -27,15 +27,15 @@ Implementation notes (what the paper leaves open, and how it is done here):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 import numpy as np
-from art.defences.detector.poison import PoisonFilteringDefence
 
-from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import check_xy, progress
+from art_backdoor_ext.defences.base import PoisonFilteringDefenceBase
+from art_backdoor_ext.utils import check_bool, check_choice, check_int, check_number, progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,21 @@ _ESTIMATION_PARAMS = ("classifier", "pi", "lam", "step_size", "step_growth", "op
                       "max_images_per_pass", "seed")
 
 
-class ReverseEngineeringDefence(PoisonFilteringDefence):
+@dataclasses.dataclass(frozen=True)
+class PatternEstimate:
+    """
+    The estimated patterns of every ordered class pair (lines 2-8 of Algorithm 1), what determined them (``key``: the
+    classifier, the training data and the estimation parameters), and what they cost. Inference and cleansing can be
+    run on one estimate under several rules (:meth:`ReverseEngineeringDefence.detect_from`).
+    """
+
+    key: Tuple[Hashable, ...]
+    patterns: np.ndarray
+    info: Dict[str, Any]
+    seconds: float
+
+
+class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
     """
     The RE defence (Algorithm 1 of Xiang et al.) as an ART poison-filtering defence: pattern estimation for all ordered
     class pairs, detection by an order-statistic test on reciprocal pattern norms with a Gamma null, and training-set
@@ -96,61 +110,38 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     :param verbose: Show a progress bar.
     """
 
-    defence_params = ["classifier", "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size",
-                      "norm", "theta", "normalize_sources", "max_images_per_pass", "seed", "verbose"]
+    defence_params = PoisonFilteringDefenceBase.defence_params + [
+        "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size", "norm", "theta",
+        "normalize_sources", "max_images_per_pass", "seed"]
 
     def __init__(self, classifier, x_train: np.ndarray, y_train: np.ndarray, pi: float = 0.95, lam: float = 1.0,
                  step_size: float = 0.05, step_growth: float = 1.06, optimizer: str = "normalized",
                  max_iter: int = 80, batch_size: int = 8, norm: str = "l2", theta: float = 0.05,
                  normalize_sources: bool = True, max_images_per_pass: int = 4096, seed: int = 0,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, **kwargs: Any) -> None:
         super().__init__(classifier, x_train, y_train)
-        self.pi = pi
-        self.lam = lam
-        self.step_size = step_size
-        self.step_growth = step_growth
-        self.optimizer = optimizer
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.norm = norm
-        self.theta = theta
-        self.normalize_sources = normalize_sources
-        self.max_images_per_pass = max_images_per_pass
-        self.seed = seed
-        self.verbose = verbose
-        self._check_params()
-        self.report: Dict[str, Any] = {}
-        self._is_clean: Optional[np.ndarray] = None
-        self._estimate_cache: Optional[Tuple[Tuple, np.ndarray, Dict[str, Any], float]] = None
+        self._estimate: Optional[PatternEstimate] = None
+        self._reuse_estimate = False
+        self._init_params(pi=pi, lam=lam, step_size=step_size, step_growth=step_growth, optimizer=optimizer,
+                          max_iter=max_iter, batch_size=batch_size, norm=norm, theta=theta,
+                          normalize_sources=normalize_sources, max_images_per_pass=max_images_per_pass, seed=seed,
+                          verbose=verbose, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ parameters
     def _check_params(self) -> None:
-        if not 0.0 < float(self.pi) <= 1.0:
-            raise ValueError(f"pi must be in (0, 1] (the paper uses 0.95), got {self.pi}.")
-        if not float(self.lam) >= 0.0:
-            raise ValueError(f"lam must be >= 0 (the paper uses 1), got {self.lam}.")
-        if not float(self.step_size) > 0.0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}.")
-        if self.optimizer not in ("normalized", "adam", "sgd"):
-            raise ValueError(f"optimizer must be 'normalized', 'adam' or 'sgd', got {self.optimizer!r}.")
-        if not float(self.step_growth) >= 1.0:
-            raise ValueError(f"step_growth must be >= 1 (1 = constant step), got {self.step_growth}.")
-        if int(self.max_iter) < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1 image per side and pair, got {self.batch_size}.")
-        if self.norm not in _NORMS:
-            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {self.norm!r}.")
-        if not 0.0 < float(self.theta) < 1.0:
-            raise ValueError(f"theta must be in (0, 1) (the paper uses 0.05), got {self.theta}.")
-        if int(self.max_images_per_pass) < 2:
-            raise ValueError(f"max_images_per_pass must be >= 2, got {self.max_images_per_pass}.")
-
-    def set_params(self, **kwargs) -> None:
-        for key in kwargs:
-            if key not in self.defence_params:
-                raise ValueError(f"Unknown parameter {key!r}; valid: {', '.join(self.defence_params)}.")
-        super().set_params(**kwargs)
+        check_number("pi", self.pi, low=0, high=1, low_open=True, hint="the paper uses 0.95")
+        check_number("lam", self.lam, low=0, hint="the paper uses 1")
+        check_number("step_size", self.step_size, low=0, low_open=True)
+        check_choice("optimizer", self.optimizer, ("normalized", "adam", "sgd"))
+        check_number("step_growth", self.step_growth, low=1, hint="1 = constant step")
+        check_int("max_iter", self.max_iter, low=1)
+        check_int("batch_size", self.batch_size, low=1, hint="images per side and pair")
+        check_choice("norm", self.norm, tuple(_NORMS))
+        check_number("theta", self.theta, low=0, high=1, low_open=True, high_open=True, hint="the paper uses 0.05")
+        check_bool("normalize_sources", self.normalize_sources)
+        check_int("max_images_per_pass", self.max_images_per_pass, low=2)
+        check_int("seed", self.seed, low=0)
+        check_bool("verbose", self.verbose)
 
     # ------------------------------------------------------------------------------------------------ main entry
     def detect_poison(self, **kwargs) -> Tuple[Dict[str, Any], List[int]]:
@@ -170,27 +161,59 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         """
         # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
         # estimates again: the classifier may have been retrained in place)
-        reuse = bool(kwargs) and not set(kwargs) & set(_ESTIMATION_PARAMS)
-        if kwargs:
-            self.set_params(**kwargs)
+        self._reuse_estimate = bool(kwargs) and not set(kwargs) & set(_ESTIMATION_PARAMS)
+        try:
+            return super().detect_poison(**kwargs)
+        finally:
+            self._reuse_estimate = False
+
+    def estimation_key(self) -> Tuple[Hashable, ...]:
+        """What determines the estimated patterns: the classifier, the training data and the estimation parameters."""
+        return (id(self.classifier), id(self.x_train), id(self.y_train)) + tuple(
+            getattr(self, name) for name in _ESTIMATION_PARAMS if name != "classifier")
+
+    def estimate(self) -> PatternEstimate:
+        """Estimate the patterns of every ordered class pair with the current parameters (the costly step)."""
         start = time.perf_counter()
-        adapter = get_adapter(self.classifier)
-        nb_classes = adapter.nb_classes
-        x, labels = check_xy(self.x_train, self.y_train, nb_classes)
-        counts = np.bincount(labels, minlength=nb_classes)
+        x, labels = self._data()
+        present = self._present_classes(labels)
+        patterns, info = self._estimate_patterns(self._adapter, x, labels, present)
+        return PatternEstimate(self.estimation_key(), patterns, info, time.perf_counter() - start)
+
+    def detect_from(self, estimate: PatternEstimate) -> Tuple[Dict[str, Any], List[int]]:
+        """
+        Detection inference and cleansing on patterns estimated earlier (by :meth:`estimate`, possibly by another
+        instance with the same classifier, data and estimation parameters), e.g. to compare detection rules on
+        identical patterns. Stores ``report_`` / ``is_clean_`` as :meth:`detect_poison` does.
+
+        :raises ValueError: When ``estimate`` was made with another classifier, other data or other estimation
+                            parameters.
+        """
+        if not isinstance(estimate, PatternEstimate) or estimate.key != self.estimation_key():
+            raise ValueError("estimate was not made with this defence's classifier, training data and estimation "
+                             f"parameters ({', '.join(_ESTIMATION_PARAMS)}); call estimate() on this defence.")
+        return self._store(*self._infer(estimate))
+
+    def _present_classes(self, labels: np.ndarray) -> np.ndarray:
+        counts = np.bincount(labels, minlength=self._adapter.nb_classes)
         present = np.flatnonzero(counts > 0)
         if len(present) < 3:
             raise ValueError(f"The RE defence needs training images of at least 3 classes; got classes {present}.")
+        return present
 
-        key = tuple(id(getattr(self, name)) if name == "classifier" else getattr(self, name)
-                    for name in _ESTIMATION_PARAMS)
-        if reuse and self._estimate_cache is not None and self._estimate_cache[0] == key:
-            # only inference / cleansing parameters changed since the last run: reuse the estimated patterns
-            _, patterns, info, seconds_estimation = self._estimate_cache
-        else:
-            patterns, info = self._estimate_patterns(adapter, x, labels, present)
-            seconds_estimation = time.perf_counter() - start
-            self._estimate_cache = (key, patterns, info, seconds_estimation)
+    def _detect(self) -> Tuple[Dict[str, Any], np.ndarray]:
+        if not (self._reuse_estimate and self._estimate is not None and self._estimate.key == self.estimation_key()):
+            self._estimate = self.estimate()
+        return self._infer(self._estimate)
+
+    def _infer(self, estimate: PatternEstimate) -> Tuple[Dict[str, Any], np.ndarray]:
+        """Lines 9-17 of Algorithm 1 and the cleansing, on given patterns; ``seconds`` counts the estimation too."""
+        self._estimate = estimate
+        adapter = self._adapter
+        nb_classes = adapter.nb_classes
+        x, labels = self._data()
+        present = self._present_classes(labels)
+        patterns, info, seconds_estimation = estimate.patterns, estimate.info, estimate.seconds
         t_est = time.perf_counter()
         start = t_est - seconds_estimation  # a reused estimation still counts in "seconds"
         order = _NORMS[self.norm]
@@ -256,33 +279,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         logger.info("RE: detected=%s p=%.3g target=%s source=%s flagged=%d in %.1fs (estimation %.1fs).",
                     report["detected"], report["p_value"], target, source, report["nb_flagged"], seconds,
                     report["seconds_estimation"])
-        self.report = report
-        self._is_clean = is_clean
-        return report, is_clean.tolist()
-
-    def evaluate_defence(self, is_clean: np.ndarray, **kwargs) -> str:
-        """
-        Confusion matrix of the last :meth:`detect_poison` run against the ground truth, per class (ART's
-        ``GroundTruthEvaluator`` format).
-
-        :param is_clean: Ground truth, 1 for clean and 0 for poisoned training images.
-        """
-        from art.utils import segment_by_class
-        from art.defences.detector.poison.ground_truth_evaluator import GroundTruthEvaluator
-
-        if not self.report:
-            self.detect_poison(**kwargs)
-        nb_classes = get_adapter(self.classifier).nb_classes
-        _, labels = check_xy(self.x_train, self.y_train, nb_classes)
-        is_clean = np.asarray(is_clean).astype(int)
-        if len(is_clean) != len(labels):
-            raise ValueError(f"is_clean has {len(is_clean)} entries but the training set has {len(labels)} images.")
-        assigned = np.asarray(self._is_clean, int)
-        one_hot = np.eye(nb_classes)[labels]
-        by_class_assigned = segment_by_class(assigned, one_hot, nb_classes)
-        by_class_truth = segment_by_class(is_clean, one_hot, nb_classes)
-        _, conf = GroundTruthEvaluator().analyze_correctness(by_class_assigned, by_class_truth)
-        return conf
+        return report, is_clean
 
     # ------------------------------------------------------------------------------------------------ internals
     def _clip_values(self) -> Tuple[float, float]:

@@ -25,8 +25,10 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 from art.defences.transformer.transformer import Transformer
 
+from art_backdoor_ext.defences.base import check_known_keys
 from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import check_images, check_xy, progress
+from art_backdoor_ext.utils import (check_bool, check_choice, check_images, check_int, check_layer_name, check_number,
+                                    check_seed, check_xy, progress)
 
 logger = logging.getLogger(__name__)
 
@@ -83,27 +85,41 @@ class FinePruning(Transformer):
         self._check_params()
 
     # ------------------------------------------------------------------------------------------------------ checks
+    def set_params(self, **kwargs) -> None:
+        """
+        Set parameters atomically: unknown keys raise a ``ValueError`` naming the valid ones (ART's ``Transformer``
+        drops them); when the new values fail the checks every parameter keeps its previous value.
+        """
+        check_known_keys("FinePruning", kwargs, self.params)
+        previous = {key: getattr(self, key) for key in kwargs}
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        try:
+            self._check_params()
+        except Exception:
+            for key, value in previous.items():
+                setattr(self, key, value)
+            raise
+
     def _check_params(self) -> None:
-        if not isinstance(self.max_acc_drop, (int, float)) or not 0 <= self.max_acc_drop < 1:
-            raise ValueError(f"max_acc_drop must be a number in [0, 1) (0.04 = 4 points), got {self.max_acc_drop!r}.")
-        if isinstance(self.step, bool) or not isinstance(self.step, (int, float, np.integer, np.floating)):
-            raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1), got {self.step!r}.")
+        check_number("max_acc_drop", self.max_acc_drop, low=0, high=1, high_open=True, hint="0.04 = 4 points")
         if isinstance(self.step, (float, np.floating)) and not float(self.step).is_integer():
-            if not 0 < self.step < 1:
-                raise ValueError(f"A fractional step must lie in (0, 1), got {self.step}.")
-        elif self.step < 1:
-            raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1), got {self.step!r}.")
-        if not isinstance(self.nb_epochs, (int, np.integer)) or self.nb_epochs < 0:
-            raise ValueError(f"nb_epochs must be an int >= 0, got {self.nb_epochs!r}.")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0 or None (keep the optimizer's rate), "
-                             f"got {self.learning_rate!r}.")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}.")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
-        if self.layer is not None and not isinstance(self.layer, str):
-            raise ValueError(f"layer must be a convolution layer's name or None, got {self.layer!r}.")
+            check_number("step", self.step, low=0, high=1, low_open=True, high_open=True,
+                         hint="an int >= 1 or a fraction of the layer's channels")
+        else:
+            if not isinstance(self.step, (int, np.integer, float, np.floating)) or isinstance(self.step, bool):
+                raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1), got {self.step!r}.")
+            check_number("step", self.step, low=1, hint="an int >= 1 or a fraction in (0, 1)")
+        check_int("nb_epochs", self.nb_epochs, low=0, hint="0 = prune only")
+        if self.learning_rate is not None:
+            check_number("learning_rate", self.learning_rate, low=0, low_open=True,
+                         hint="or None to keep the optimizer's rate")
+        check_int("batch_size", self.batch_size, low=1)
+        check_choice("method", self.method, METHODS)
+        check_layer_name("layer", self.layer)
+        check_bool("full_curve", self.full_curve)
+        check_seed("seed", self.seed)
+        check_bool("verbose", self.verbose)
 
     def _resolve_method(self, adapter) -> str:
         if self.method == "surgeon" and not adapter.supports_channel_removal:
@@ -205,9 +221,11 @@ class FinePruning(Transformer):
         if self.nb_epochs > 0:
             if self.learning_rate is not None:
                 new_adapter.set_learning_rate(self.learning_rate)
-            if self.seed is not None:
-                np.random.seed(self.seed)
-            new_adapter.fit(x, labels, nb_epochs=self.nb_epochs, batch_size=self.batch_size, verbose=self.verbose)
+            # ART's fit draws its data order from global generators: seed them for this call only and restore the
+            # caller's state
+            with new_adapter.seeded(self.seed):
+                new_adapter.fit(x, labels, nb_epochs=self.nb_epochs, batch_size=self.batch_size,
+                                verbose=self.verbose)
         acc_after = self._accuracy(new_adapter, x, labels)
         asr_after = self._asr(new_adapter, bd_x, bd_y)
 

@@ -152,9 +152,17 @@ def test_adversarial_trigger_bounded_and_raises_target_probability(scenario_ctx)
         PoisoningAttackAdversarialTrigger(ctx.classifier, target=7).poison(held_out[:2], y=np.full(2, 7))
 
 
-def test_harness_knows_the_attacks():
-    from art_backdoor_ext.evaluation import ATTACKS, _ensure_registered
+def test_pattern_attacks_of_the_harness_add_their_pattern(digits):
+    # each pattern attack of the harness returns a trigger whose .pattern is what it adds (before clipping/rounding)
+    from art_backdoor_ext.evaluation import AttackContext, get_attack
 
-    _ensure_registered()
-    for name in ["static", "adversarial", "chessboard"] + [f"pattern-{c}" for c in "ABCDEF"]:
-        assert name in ATTACKS
+    (x, y), (xt, yt) = digits
+    x = np.round(x * 255) / 255  # on the 8-bit grid, so that the triggers' rounding leaves other pixels alone
+    ctx = AttackContext(x, y, xt, yt, 10, 1, [2, 3], "pytorch", 0)
+    for name in ["static", "chessboard", "chessboard-patch"] + [f"pattern-{c}" for c in "ABCDEF"]:
+        trigger = get_attack(name)(ctx)
+        assert trigger.pattern.shape == x.shape[1:], name
+        assert np.abs(trigger.pattern).max() > 0, name
+        moved = trigger(x[:20]) - x[:20]
+        touched = trigger.pattern != 0
+        assert np.all(moved[:, ~touched] == 0), name  # nothing outside the pattern changes

@@ -135,11 +135,22 @@ def test_bad_params(bad, digits):
         ReverseEngineeringDefence(object(), x[:10], y[:10], **bad)
 
 
-def test_harness_registration():
-    from art_backdoor_ext.evaluation import DEFENCES, _ensure_registered
+def test_harness_rows_share_one_estimate_in_any_order(digits):
+    # "re" and "re-paper" compare two rules on identical patterns, whichever runs first, without mutating each other
+    from art_backdoor_ext.evaluation import Scenario, prepare_scenario, run_defences
 
-    _ensure_registered()
-    assert DEFENCES["re"][0] == "filter"
+    ctx = prepare_scenario(Scenario(dataset="digits", attack="localised", target=1, sources=[2, 3], n_per_source=40,
+                                    nb_epochs=4), data=digits)
+    kw = {"re": {"max_iter": 15}, "re-paper": {"max_iter": 15}}
+    first = {r.defence: r for r in run_defences(ctx, ["re-paper", "re"], defence_kwargs=kw)}
+    assert first["re"].report["patterns"] is first["re-paper"].report["patterns"]
+    assert first["re"].report["normalize_sources"] and not first["re-paper"].report["normalize_sources"]
+    again = {r.defence: r for r in run_defences(ctx, ["re", "re-paper"], defence_kwargs=kw)}
+    for name in ("re", "re-paper"):
+        assert again[name].report["p_value"] == first[name].report["p_value"]
+        np.testing.assert_array_equal(again[name].is_clean, first[name].is_clean)
+    with pytest.raises(ValueError, match="fixes normalize_sources"):
+        run_defences(ctx, ["re-paper"], defence_kwargs={"re-paper": {"normalize_sources": True}})
 
 
 def _check_complement(classifier, x):

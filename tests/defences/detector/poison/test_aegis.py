@@ -98,9 +98,14 @@ def test_plots(scenario_ctx):
     from art_backdoor_ext.plotting import plot_cluster_exemplars, plot_clusters
 
     defence, _, _ = _run(scenario_ctx(LOCALISED_ROBUST), "localised")
-    assert plot_clusters(defence, 7) is not None
-    assert plot_cluster_exemplars(defence, 7) is not None
-    assert defence.plot_clusters(0) is not None
+    for cls in (7, 0):
+        fig = plot_clusters(defence, cls)
+        plotted = sum(len(c.get_offsets()) for ax in fig.axes for c in ax.collections)
+        assert plotted == len(defence.embeddings_[cls])  # every training and translated point is drawn
+    fig = plot_cluster_exemplars(defence, 7)
+    shown = [im.get_array() for ax in fig.axes for im in ax.get_images()]
+    assert shown and all(a.shape[:2] == (28, 28) for a in shown)
+    assert len(defence.plot_clusters(0).axes) >= 1
     with pytest.raises(ValueError):
         plot_clusters({"no": "embedding"}, 7)
 

@@ -1,0 +1,197 @@
+"""
+The comparison harness's runner: one scenario end to end (data -> attack -> poisoned training set -> (robust) training
+-> defences -> metrics), and a table of every defence's outcome on the *same* poisoned data.
+
+It sits above :mod:`art_backdoor_ext.registry` and imports every registry module explicitly below, so every attack
+and defence of the package is known by name as soon as this module is imported: nothing is registered by a side
+effect of running something else.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+
+# every row of the comparison: one module per method (add a new module here)
+from art_backdoor_ext.registry import (  # noqa: F401  pylint: disable=unused-import
+    aegis,
+    art_baselines,
+    attacks,
+    cluster_impurity,
+    fine_pruning,
+    reverse_engineering,
+    strip,
+)
+from art_backdoor_ext.attacks.poisoning.dataset import poison_dataset
+from art_backdoor_ext.evaluation.api import (
+    AttackContext,
+    Scenario,
+    ScenarioContext,
+    ScenarioResult,
+    as_trigger,
+    check_kwargs,
+    get_attack,
+    get_defence,
+)
+from art_backdoor_ext.layout import framework_channels_first
+from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates
+from art_backdoor_ext.utils import as_class_list
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["prepare_scenario", "run_defences", "run_scenario"]
+
+
+def _load(dataset: str, channels_first: bool, seed: int):
+    from art_backdoor_ext.datasets import load_dataset
+
+    return load_dataset(dataset, channels_first=channels_first, seed=seed)
+
+
+def check_scenario(scenario: Scenario) -> None:
+    """Validate what can be checked before any data is loaded or model trained; ``ValueError`` naming the field."""
+    if not isinstance(scenario, Scenario):
+        raise ValueError(f"scenario must be a Scenario, got {type(scenario).__name__}.")
+    framework_channels_first(scenario.framework)  # raises for an unknown framework
+    if scenario.poisoned:
+        check_kwargs(get_attack(scenario.attack), scenario.attack_kwargs, f"attack {scenario.attack!r}")
+        if scenario.fraction is not None and not 0 < float(scenario.fraction) < 1:
+            raise ValueError(f"Scenario.fraction must lie in (0, 1), got {scenario.fraction!r}.")
+        if scenario.n_per_source is not None and (isinstance(scenario.n_per_source, bool)
+                                                  or not isinstance(scenario.n_per_source, (int, np.integer))
+                                                  or scenario.n_per_source < 1):
+            raise ValueError(f"Scenario.n_per_source must be a positive integer, got {scenario.n_per_source!r}.")
+    if isinstance(scenario.nb_epochs, bool) or not isinstance(scenario.nb_epochs, (int, np.integer)) \
+            or scenario.nb_epochs < 0:
+        raise ValueError(f"Scenario.nb_epochs must be an integer >= 0, got {scenario.nb_epochs!r}.")
+
+
+def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None) -> ScenarioContext:
+    """
+    Load the data, build the attack, poison the training set, train the model (robustly if asked), and measure its
+    clean accuracy and ASR.
+
+    :param data: Optional ``((x_train, y_train), (x_test, y_test))`` to use instead of ``scenario.dataset``, in the
+                 scenario framework's layout.
+    """
+    sc = scenario
+    check_scenario(sc)
+    channels_first = framework_channels_first(sc.framework)
+    (x_train, y_train), (x_test, y_test) = data if data is not None else _load(sc.dataset, channels_first, sc.seed)
+    nb_classes = int(max(y_train.max(), y_test.max()) + 1)
+    ctx = ScenarioContext(scenario=sc, classifier=None, x_train=x_train, y_train=y_train,
+                          is_poison=np.zeros(len(x_train), bool), x_test=x_test, y_test=y_test, x_clean=x_train,
+                          y_clean=y_train, nb_classes=nb_classes, channels_first=channels_first, verbose=verbose)
+    if sc.poisoned:
+        ctx.target = int(sc.target)
+        ctx.sources = as_class_list(sc.sources, nb_classes, exclude=ctx.target)
+        actx = AttackContext(x_train, y_train, x_test, y_test, nb_classes, ctx.target, ctx.sources, sc.framework,
+                             sc.seed, verbose, channels_first)
+        attack = get_attack(sc.attack)(actx, **sc.attack_kwargs)
+        ctx.trigger = as_trigger(attack, ctx.target, nb_classes)
+        fraction = sc.fraction if (sc.fraction is not None or sc.n_per_source is not None) else 0.01
+        data_p = poison_dataset(x_train, y_train, attack, ctx.target, ctx.sources, n_per_source=sc.n_per_source,
+                                fraction=fraction, nb_classes=nb_classes, seed=sc.seed)
+        ctx.x_train, ctx.y_train, ctx.is_poison = data_p.x, data_p.y, data_p.is_poison
+    start = time.perf_counter()
+    ctx.classifier = ctx.train_model(ctx.x_train, ctx.y_train)
+    ctx.train_seconds = time.perf_counter() - start
+    ctx.clean_accuracy = accuracy(ctx.classifier, x_test, y_test)
+    ctx.asr = ctx.asr_of(ctx.classifier)
+    logger.info("%s: trained in %.1fs, clean accuracy %.3f, ASR %.3f, %d poisoned images.", sc.name,
+                ctx.train_seconds, ctx.clean_accuracy, ctx.asr, int(ctx.is_poison.sum()))
+    return ctx
+
+
+def _check_defences(defences: Iterable[str], defence_kwargs: Optional[Dict[str, Dict[str, Any]]]) -> List[str]:
+    """Validate the defence names and their keyword arguments before anything runs."""
+    if isinstance(defences, str):
+        raise ValueError(f"defences must be a list of names, got the string {defences!r}; use [{defences!r}].")
+    defences = list(defences)
+    for name in defences:
+        get_defence(name)
+    defence_kwargs = defence_kwargs or {}
+    unused = sorted(set(defence_kwargs) - set(defences))
+    if unused:
+        raise ValueError(f"defence_kwargs has entries for {unused}, which are not among the defences run "
+                         f"({', '.join(defences) or 'none'}).")
+    for name, kwargs in defence_kwargs.items():
+        check_kwargs(get_defence(name).fn, kwargs, f"defence {name!r}")
+    return defences
+
+
+def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
+                 defence_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
+                 retrain: Union[bool, Iterable[str]] = False) -> List[DefenceResult]:
+    """
+    Run registered defences on one prepared scenario.
+
+    :param defences: Registered defence names (:data:`~art_backdoor_ext.evaluation.DEFENCES`).
+    :param defence_kwargs: Per-defence keyword arguments, by name.
+    :param retrain: For filtering defences, retrain a fresh model on the images kept and report its clean accuracy and
+                    ASR (the RE paper's "after retraining" columns). Training is deterministic (fixed seed), so a
+                    defence that keeps every image reports the original model's numbers, and defences that keep the
+                    same images share one retrained model. A collection of defence names retrains for those only.
+    :return: One :class:`~art_backdoor_ext.metrics.DefenceResult` per defence, keeping the defence's raw report
+             (``row.report``) and, for filters, its ``is_clean`` marking.
+    """
+    defence_kwargs = defence_kwargs or {}
+    defences = _check_defences(defences, defence_kwargs)
+    retrain_for = set(defences if retrain is True else [] if retrain is False else retrain)
+    rows = []
+    for name in defences:
+        spec = get_defence(name)
+        logger.info("Running defence %s on %s.", name, ctx.scenario.name)
+        start = time.perf_counter()
+        if spec.kind == "filter":
+            report, is_clean = spec.fn(ctx, **defence_kwargs.get(name, {}))
+            is_clean = np.asarray(is_clean, int)
+            # a defence that reused work of an earlier row (RE patterns) reports its full cost in report["seconds"]
+            seconds = max(time.perf_counter() - start, float(report.get("seconds") or 0.0))
+            rates = filtering_rates(is_clean, ctx.is_poison, ctx.y_train, ctx.target)
+            row = DefenceResult(name, report.get("detected"), report.get("target_class"), rates.tpr,
+                                rates.fpr_target, rates.fpr, seconds, notes=report.get("notes", ""),
+                                extra={"suspected_classes": report.get("suspected_classes", []),
+                                       "nb_flagged": rates.nb_flagged},
+                                report=report, is_clean=is_clean)
+            if name in retrain_for:
+                row.clean_accuracy, row.asr = _retrained(ctx, is_clean)
+        else:
+            model, report = spec.fn(ctx, **defence_kwargs.get(name, {}))
+            seconds = time.perf_counter() - start
+            row = DefenceResult(name, report.get("detected"), report.get("target_class"), seconds=seconds,
+                                clean_accuracy=accuracy(model, ctx.x_test, ctx.y_test), asr=ctx.asr_of(model),
+                                notes=report.get("notes", ""), report=report)
+        rows.append(row)
+    return rows
+
+
+def _retrained(ctx: ScenarioContext, is_clean: np.ndarray) -> Tuple[float, float]:
+    """Clean accuracy and ASR of a model retrained on the kept images; one model per distinct keep-set."""
+    keep = np.asarray(is_clean).astype(bool)
+    if keep.all():  # the identical training set and seed give the original model
+        return ctx.clean_accuracy, ctx.asr
+
+    def train() -> Tuple[float, float]:
+        model = ctx.train_model(ctx.x_train[keep], ctx.y_train[keep])
+        return accuracy(model, ctx.x_test, ctx.y_test), ctx.asr_of(model)
+
+    return ctx.shared(("retrained", np.packbits(keep).tobytes()), train)
+
+
+def run_scenario(scenario: Scenario, defences: Iterable[str] = ("ac", "ss"), verbose: bool = False,
+                 defence_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
+                 retrain: Union[bool, Iterable[str]] = False,
+                 keep_context: bool = False, data=None) -> ScenarioResult:
+    """
+    Prepare a scenario and run the defences on it; see :func:`prepare_scenario` and :func:`run_defences`. Names and
+    keyword arguments are validated before any model is trained.
+    """
+    check_scenario(scenario)
+    defences = _check_defences(defences, defence_kwargs)
+    ctx = prepare_scenario(scenario, verbose=verbose, data=data)
+    rows = run_defences(ctx, defences, defence_kwargs, retrain=retrain)
+    return ScenarioResult(scenario, ctx.clean_accuracy, ctx.asr, ctx.train_seconds, rows,
+                          ctx if keep_context else None)

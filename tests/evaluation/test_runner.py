@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from art_backdoor_ext.evaluation import (Scenario, ScenarioResult, format_table, load_results, run_defences,
+                                         run_scenario, save_results)
+
+BADNETS = Scenario(attack="badnets", fraction=0.05, nb_epochs=10)  # the demo's setting
+
+
+@pytest.fixture(scope="module")
+def badnets(scenario_ctx):
+    return scenario_ctx(BADNETS)
+
+
+def test_badnets_takes_and_model_stays_accurate(badnets):
+    assert badnets.clean_accuracy > 0.9
+    assert badnets.asr > 0.9
+    assert badnets.is_poison.sum() == 200 and np.all(badnets.y_train[badnets.is_poison] == 7)
+
+
+def test_art_baselines_on_the_same_poisoned_data(badnets):
+    rows = {r.defence: r for r in run_defences(badnets, ["ac", "ss"])}
+    ac = rows["ac"]
+    assert ac.tpr > 0.8  # ART's Activation Clustering finds most poisoned images
+    assert ac.detected and ac.target_class == 7
+    assert ac.fpr_target < 0.1
+    # SS (oracle poison fraction) removes 1.5x that fraction of every class, so it catches most of the poison
+    ss = rows["ss"]
+    assert ss.tpr > 0.5 and ss.detected is None
+    assert ss.extra["nb_flagged"] == int((ss.is_clean == 0).sum()) > 0
+    table = format_table(ScenarioResult(BADNETS, badnets.clean_accuracy, badnets.asr, badnets.train_seconds,
+                                        list(rows.values())))
+    assert table.count("\n") == 3 and "| ac | yes | 7 |" in table
+
+
+def test_retrain_after_filtering_removes_the_backdoor(badnets):
+    (row,) = run_defences(badnets, ["ac"], retrain=True)
+    assert row.asr < 0.2 and row.clean_accuracy > 0.85
+
+
+def test_run_scenario_and_save(tmp_path, digits):
+    res = run_scenario(Scenario(dataset="digits", attack="localised", target=1, sources=[2, 3], n_per_source=40,
+                                nb_epochs=6), defences=["ac"], keep_context=True, data=digits)
+    assert res.context.is_poison.sum() == 80
+    js, md = save_results([res], str(tmp_path / "out"))
+    data = json.loads(open(js, encoding="utf-8").read())
+    assert data[0]["rows"][0]["defence"] == "ac" and data[0]["scenario"]["target"] == 1
+    assert "report" not in data[0]["rows"][0]  # raw reports stay in memory, the JSON holds the table
+    assert "digits/localised" in open(md, encoding="utf-8").read()
+    (back,) = load_results(js)
+    assert back.rows[0].tpr == pytest.approx(res.rows[0].tpr) and back.scenario == res.scenario
+
+
+def test_bad_names_fail_before_training(digits, monkeypatch):
+    from art_backdoor_ext.evaluation import api
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was trained before the bad input was reported")
+
+    monkeypatch.setattr(api.ScenarioContext, "train_model", no_training)
+    with pytest.raises(ValueError, match="Unknown attack 'nope'.*badnets"):
+        run_scenario(Scenario(dataset="digits", attack="nope"), defences=[], data=digits)
+    with pytest.raises(ValueError, match="framework"):
+        run_scenario(Scenario(dataset="digits", framework="mxnet"), defences=[], data=digits)
+    with pytest.raises(ValueError, match="Unknown defence 'nope'"):
+        run_scenario(Scenario(dataset="digits", attack="localised"), defences=["ac", "nope"], data=digits)
+    with pytest.raises(ValueError, match="size_threshold"):  # a keyword the AC row does not take
+        run_scenario(Scenario(dataset="digits", attack="localised"), defences=["ac"], data=digits,
+                     defence_kwargs={"ac": {"size_treshold": 0.3}})
+    with pytest.raises(ValueError, match="not among the defences run"):
+        run_scenario(Scenario(dataset="digits", attack="localised"), defences=["ac"], data=digits,
+                     defence_kwargs={"ss": {}})
+    with pytest.raises(ValueError, match="fraction"):
+        run_scenario(Scenario(dataset="digits", attack="localised", fraction=1.5), defences=[], data=digits)
+    with pytest.raises(ValueError, match="value"):  # a keyword the attack factory does not take
+        run_scenario(Scenario(dataset="digits", attack="localised", attack_kwargs={"colour": 1}), defences=[],
+                     data=digits)
+
+
+def test_every_registered_attack_works_on_first_use():
+    # no registration by side effect: a fresh interpreter can prepare any registered attack without running anything
+    import subprocess
+    import sys
+
+    code = ("from art_backdoor_ext.evaluation import AttackContext, as_trigger, get_attack\n"
+            "from art_backdoor_ext.datasets import load_dataset\n"
+            "import numpy as np\n"
+            "(x, y), (xt, yt) = load_dataset('digits')\n"
+            "ctx = AttackContext(x, y, xt, yt, 10, 1, [2, 3], 'pytorch', 0)\n"
+            "for name in ['static', 'chessboard-patch', 'pattern-C', 'isolated-pixels', 'localised', 'badnets']:\n"
+            "    trigger = as_trigger(get_attack(name)(ctx), 1, 10)\n"
+            "    out = trigger(x[:5].copy())\n"
+            "    assert out.shape == x[:5].shape and 0 <= out.min() and out.max() <= 1, name\n"
+            "    assert not np.array_equal(out, x[:5]), name\n"
+            "    print(name, 'ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count(" ok") == 6
+
+
+def test_strip_row_flags_triggered_training_images(badnets):
+    (row,) = run_defences(badnets, ["strip"])
+    assert row.tpr > 0.8 and row.fpr < 0.1
