@@ -11,10 +11,8 @@ Pruning is done by the framework adapter (:mod:`art_backdoor_ext.estimators`): a
 (``torch.nn.utils.prune``) and Keras 3 (a serialisable channel-mask constraint), and physical removal with keras-surgeon
 for tf.keras models (``TF_USE_LEGACY_KERAS=1``).
 
-Measured on mnist-5k BadNets (``benchmarks/fine_pruning.py``): the faithful procedure (fine-tuning at the optimizer's
-own rate, Adam 1e-3) leaves the ASR high (compact CNN 0.97, wide CNN 0.89); fine-tuning at a higher rate
-(``learning_rate=5e-3``) brings the wide CNN's ASR to 0.03-0.06 at a 2.5-point accuracy cost. Pruning alone barely
-moves the ASR on these models, and fine-tuning at that rate without pruning does as well: say so when reporting it.
+How the paper's settings and other fine-tuning rates fare on the reference CNNs is measured by
+``benchmarks/fine_pruning.py`` (``benchmarks/results/fine_pruning.md`` and the README), not restated here.
 """
 from __future__ import annotations
 
