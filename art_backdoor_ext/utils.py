@@ -218,3 +218,11 @@ def check_layer_name(name: str, value) -> Optional[str]:
         raise ValueError(f"{name} must be a layer name (str) or None for the default layer, got {value!r}; layer "
                          "indices are unreliable in ART.")
     return value
+
+
+def wilson_half_width(p: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the Wilson score interval (95% for ``z=1.96``) of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        return float("inf")
+    denom = 1.0 + z * z / n
+    return float(z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom)

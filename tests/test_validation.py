@@ -149,3 +149,22 @@ def test_filtering_rates_match_a_hand_count(rows):
     assert rates.nb_flagged == flagged.sum()
     for value in (rates.tpr, rates.fpr_target, rates.fpr):
         assert np.isnan(value) or 0 <= value <= 1
+
+
+def test_fine_pruning_refuses_too_little_clean_data_and_warns_when_nothing_is_pruned(small):
+    import warnings
+
+    from art_backdoor_ext.defences.transformer.poisoning import FinePruning
+
+    clf, _, _, xt, yt = small
+    with pytest.raises(ValueError, match="min_clean=100"):
+        FinePruning(clf, nb_epochs=1)(xt[:1], yt[:1])
+    with pytest.raises(ValueError, match="scale your images"):
+        FinePruning(clf, nb_epochs=0)(xt * 255, yt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = FinePruning(clf, step=100, nb_epochs=0)
+        pruner(xt, yt)
+    assert pruner.report_["nb_pruned"] == 0
+    assert any("pruned no channel" in str(w.message) for w in caught)
+    assert any("Wilson interval" in str(w.message) for w in caught)  # 100 images cannot resolve a 4-point drop
