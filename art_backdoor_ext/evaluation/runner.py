@@ -21,6 +21,7 @@ from art_backdoor_ext.registry import (  # noqa: F401  pylint: disable=unused-im
     attacks,
     cluster_impurity,
     fine_pruning,
+    neural_cleanse,
     reverse_engineering,
     strip,
 )
