@@ -134,6 +134,7 @@ def make_classifier(
     learning_rate: float = 1e-3,
     seed: int = 0,
     verbose: bool = False,
+    device_type: str = "gpu",
 ):
     """
     Build a reference CNN wrapped in an ART classifier (``PyTorchClassifier`` or ``KerasClassifier``) with
@@ -150,6 +151,8 @@ def make_classifier(
     :param learning_rate: Adam learning rate.
     :param seed: Seed for weights and data order.
     :param verbose: Show training progress.
+    :param device_type: ART's ``device_type`` for PyTorch: ``"gpu"`` runs on a CUDA device when one is present and on
+                        the CPU otherwise; ``"cpu"`` forces the CPU. Keras models are placed by TensorFlow.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}.")
@@ -169,6 +172,8 @@ def make_classifier(
         input_shape = (1, 28, 28) if framework == "pytorch" else (28, 28, 1)
     if nb_epochs < 0 or batch_size < 1 or learning_rate <= 0:
         raise ValueError("nb_epochs must be >= 0, batch_size >= 1 and learning_rate > 0.")
+    if device_type not in ("gpu", "cpu"):
+        raise ValueError(f"device_type must be 'gpu' or 'cpu', got {device_type!r}.")
 
     if framework == "pytorch":
         import torch
@@ -184,7 +189,7 @@ def make_classifier(
             nb_classes=nb_classes,
             clip_values=(0.0, 1.0),
             channels_first=True,
-            device_type="cpu",
+            device_type=device_type,
         )
     else:
         from art_backdoor_ext.estimators import load_torch_before_tensorflow
