@@ -15,9 +15,10 @@ or from a shell: ``python -m art_backdoor_ext.grid grid.yaml --out benchmarks/re
 :mod:`art_backdoor_ext.grid.spec` for the spec, :mod:`art_backdoor_ext.grid.cache` for the cache and its safety rules.
 """
 from art_backdoor_ext.grid.cache import GridCache, content_key
-from art_backdoor_ext.grid.core import BACKENDS, DEFAULT_CACHE, GridResult, run_grid, run_scenario_tasks
+from art_backdoor_ext.grid.core import BACKENDS, DEFAULT_CACHE, GridResult, run_grid
 from art_backdoor_ext.grid.report import aggregate, format_grid_table, save_grid_results
 from art_backdoor_ext.grid.spec import GridSpec, GridTask, load_spec
+from art_backdoor_ext.grid.tasks import run_scenario_tasks
 from art_backdoor_ext.grid.stats import bootstrap_ci, mean_ci, rate_ci, threshold_free_scores, wilson_interval
 
 __all__ = ["BACKENDS", "DEFAULT_CACHE", "GridCache", "GridResult", "GridSpec", "GridTask", "aggregate",

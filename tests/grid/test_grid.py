@@ -17,7 +17,7 @@ from art_backdoor_ext.evaluation.api import Scenario
 from art_backdoor_ext.grid import (GridCache, aggregate, bootstrap_ci, content_key, format_grid_table, load_spec,
                                    rate_ci, run_grid, threshold_free_scores, wilson_interval)
 from art_backdoor_ext.grid import cache as cache_module
-from art_backdoor_ext.grid import core
+from art_backdoor_ext.grid import tasks as grid_tasks
 from art_backdoor_ext.grid.spec import GridTask
 
 SPEC = {
@@ -66,7 +66,7 @@ def test_rerun_takes_everything_from_the_cache(full):
 
 def test_interrupted_grid_resumes_with_only_the_missing_tasks(full, tmp_path, monkeypatch):
     calls = []
-    real = core.run_defences
+    real = grid_tasks.run_defences
 
     def interrupted(*args, **kwargs):
         if len(calls) == 5:
@@ -74,14 +74,14 @@ def test_interrupted_grid_resumes_with_only_the_missing_tasks(full, tmp_path, mo
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core, "run_defences", interrupted)
+    monkeypatch.setattr(grid_tasks, "run_defences", interrupted)
     folder = str(tmp_path / "cache")
     with pytest.raises(KeyboardInterrupt):
         run_grid(SPEC, cache=folder, verbose=False, plot=False)
     assert len(os.listdir(os.path.join(folder, "results"))) == 5
     assert not [f for sub in ("results", "models", "poisoned") for f in os.listdir(os.path.join(folder, sub))
                 if f.startswith(".tmp-")]
-    monkeypatch.setattr(core, "run_defences", real)
+    monkeypatch.setattr(grid_tasks, "run_defences", real)
     resumed = run_grid(SPEC, cache=folder, verbose=False, plot=False)
     # done: clean seeds 0 and 1 (both defences), localised seed 0 (AC); missing: localised seed 0 (SS, on the stored
     # model) and localised seed 1 (both, a new model)
@@ -197,7 +197,7 @@ def test_bad_spec_fails_before_training(change, message, monkeypatch, tmp_path):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the bad spec was reported")
 
-    monkeypatch.setattr(core, "prepare_scenario", no_work)
+    monkeypatch.setattr(grid_tasks, "prepare_scenario", no_work)
     monkeypatch.setattr("art_backdoor_ext.evaluation.api.ScenarioContext.train_model", no_work)
     with pytest.raises(ValueError, match=message):
         run_grid({**SPEC, **change}, cache=str(tmp_path), verbose=False, plot=False)
@@ -293,3 +293,31 @@ def test_aggregate_detection_and_false_alarm_rates():
     assert "tpr" not in clean["metrics"] and clean["metrics"]["auroc"]["mean"] == pytest.approx(0.9)
     table = format_grid_table([clean, poisoned])
     assert "false alarm 1/4" in table and "detected 3/4" in table
+
+
+# ------------------------------------------------------------------------------------------------------ ray backend
+def test_ray_backend_gives_the_local_tables(full, tmp_path):
+    pytest.importorskip("ray")
+    source, first = full
+    folder = str(tmp_path / "cache")
+    shutil.copytree(source, folder)
+    shutil.rmtree(os.path.join(folder, "results"))
+    for task in first.tasks:  # seed 1's models are trained on the Ray workers, seed 0's loaded there from the cache
+        if task.scenario.seed == 1:
+            path = _entry_paths(folder, task)[1]
+            for p in (path, path[:-len(".pt")] + ".json"):
+                if os.path.exists(p):
+                    os.remove(p)
+    result = run_grid(SPEC, cache=folder, backend="ray", workers=2, verbose=False, plot=False)
+    assert _work(result) == {"trained": 2, "trained_hit": 2, "poisoned_hit": 2, "defence": NB_TASKS}
+    assert result.table() == first.table()
+    assert len(os.listdir(os.path.join(folder, "results"))) == NB_TASKS  # the driver stored every result
+
+
+def test_backend_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        run_grid(SPEC, cache=str(tmp_path), backend="dask")
+    with pytest.raises(ValueError, match="workers"):
+        run_grid(SPEC, cache=str(tmp_path), backend="local", workers=4)
+    with pytest.raises(ValueError, match="workers"):
+        run_grid(SPEC, cache=str(tmp_path), backend="ray", workers=0)
