@@ -200,8 +200,8 @@ class GridCache:
 
     def model(self, ctx: ScenarioContext, compute: Callable[[], Tuple[Any, float]]) -> Tuple[Any, float]:
         """
-        ``(classifier, train_seconds)`` for the scenario of ``ctx``: a fresh reference classifier with the cached weights
-        loaded on the classifier's device, or ``compute()`` (training), whose weights are then stored.
+        ``(classifier, train_seconds)`` for the scenario of ``ctx``: a fresh reference classifier with the cached
+        weights loaded on the classifier's device, or ``compute()`` (training), whose weights are then stored.
         ``train_seconds`` of a cached model is the time its training took.
         """
         from art_backdoor_ext.estimators import get_adapter

@@ -45,7 +45,8 @@ def aggregate(tasks: Sequence[GridTask], payloads: Sequence[Optional[Dict[str, A
         sc = task.scenario
         cell = cells.setdefault(task.cell, {
             "cell": task.cell, "scenario": scenario_cell(sc, task.label), "label": task.label, "defence": task.defence,
-            "defence_kwargs": task.defence_kwargs, "retrain": task.retrain, "attack": sc.attack if sc.poisoned else None,
+            "defence_kwargs": task.defence_kwargs, "retrain": task.retrain,
+            "attack": sc.attack if sc.poisoned else None,
             "dataset": sc.dataset, "framework": sc.framework, "width": sc.width, "robust": sc.robust,
             "nb_epochs": sc.nb_epochs, "batch_size": sc.batch_size, "poisoned": sc.poisoned, "seeds": [], "_rows": []})
         cell["seeds"].append(sc.seed)

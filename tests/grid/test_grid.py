@@ -321,3 +321,11 @@ def test_backend_arguments_are_checked(tmp_path):
         run_grid(SPEC, cache=str(tmp_path), backend="local", workers=4)
     with pytest.raises(ValueError, match="workers"):
         run_grid(SPEC, cache=str(tmp_path), backend="ray", workers=0)
+
+
+def test_shipped_grid_specs_are_valid():
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "grids")
+    specs = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert specs
+    for name in specs:
+        assert load_spec(os.path.join(folder, name)).tasks()
