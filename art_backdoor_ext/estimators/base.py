@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.utils import batches, to_labels
+from art_backdoor_ext.utils import batches, check_images, check_range, to_labels
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,38 @@ class FrameworkAdapter(abc.ABC):
         if layer not in self.layer_names:
             raise ValueError(f"Unknown layer {layer!r}; the model's layers are: {', '.join(self.layer_names)}.")
         return layer
+
+    # ----------------------------------------------------------------------------------------------- validation
+    @property
+    def clip_values(self) -> Tuple[float, float]:
+        """The classifier's input range (ART's ``clip_values``; (0, 1) when it declares none)."""
+        clip = getattr(self.classifier, "clip_values", None)
+        if clip is None:
+            return 0.0, 1.0
+        return float(np.min(clip[0])), float(np.max(clip[1]))
+
+    def check_input(self, x: np.ndarray, name: str = "x") -> np.ndarray:
+        """
+        Validate a batch of images for this classifier and return it as float32 (not copied when it already is):
+        numeric and finite, one image's shape equal to the classifier's ``input_shape`` (with the transpose to apply
+        when the batch is in the other layout), values inside the classifier's ``clip_values``.
+
+        :raises ValueError: Naming ``name`` and what to do.
+        """
+        x = check_images(x, name)
+        expected = self.input_shape
+        if tuple(x.shape[1:]) != expected:
+            msg = f"{name} holds images of shape {tuple(x.shape[1:])} but the classifier expects {expected}"
+            if x.ndim == 4 and len(expected) == 3:
+                if tuple(x.shape[1:]) == (expected[1], expected[2], expected[0]):
+                    msg += (" (channels-first, ART's layout for PyTorch models); your batch is channels-last: "
+                            "transpose it with np.transpose(x, (0, 3, 1, 2))")
+                elif tuple(x.shape[1:]) == (expected[2], expected[0], expected[1]):
+                    msg += (" (channels-last, ART's layout for Keras models); your batch is channels-first: "
+                            "transpose it with np.transpose(x, (0, 2, 3, 1))")
+            raise ValueError(msg + ".")
+        check_range(x, *self.clip_values, name=name)
+        return x
 
     # ----------------------------------------------------------------------------------------------- computation
     @abc.abstractmethod

@@ -21,6 +21,7 @@ from art_backdoor_ext.registry import (  # noqa: F401  pylint: disable=unused-im
     attacks,
     cluster_impurity,
     fine_pruning,
+    neural_cleanse,
     reverse_engineering,
     strip,
 )
@@ -37,7 +38,7 @@ from art_backdoor_ext.evaluation.api import (
 )
 from art_backdoor_ext.layout import framework_channels_first
 from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates
-from art_backdoor_ext.utils import as_class_list
+from art_backdoor_ext.utils import as_class_list, check_choice, check_int, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,14 @@ def check_scenario(scenario: Scenario) -> None:
     """Validate what can be checked before any data is loaded or model trained; ``ValueError`` naming the field."""
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario must be a Scenario, got {type(scenario).__name__}.")
+    from art_backdoor_ext.models import WIDTHS
+
     framework_channels_first(scenario.framework)  # raises for an unknown framework
+    check_choice("Scenario.width", scenario.width, tuple(WIDTHS))
+    check_seed("Scenario.seed", scenario.seed, allow_none=False)
+    check_int("Scenario.batch_size", scenario.batch_size, low=1)
+    if scenario.poisoned:
+        check_int("Scenario.target", scenario.target, low=0)
     if scenario.poisoned:
         check_kwargs(get_attack(scenario.attack), scenario.attack_kwargs, f"attack {scenario.attack!r}")
         if scenario.fraction is not None and not 0 < float(scenario.fraction) < 1:
