@@ -268,3 +268,23 @@ class FrameworkAdapter(abc.ABC):
     @staticmethod
     def _is_probability(out: np.ndarray) -> bool:
         return bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+    # ----------------------------------------------------------------------------------------------- weights on disk
+    weights_suffix: str = ""
+    """File name ending :meth:`save_weights` needs (``".pt"``, ``".keras"``)."""
+
+    def save_weights(self, path: str) -> None:
+        """
+        Write the model's weights to ``path`` (ending in :attr:`weights_suffix`) in a format that loads without
+        unpickling code (a PyTorch state dict, a Keras ``.keras`` file). Callers that need an atomic write pass a
+        temporary path and rename it.
+        """
+        raise NotImplementedError(f"Saving weights is not available for {type(self.classifier).__name__}.")
+
+    def load_weights(self, path: str) -> None:
+        """
+        Load weights written by :meth:`save_weights` into the wrapped model, in place, on the classifier's device. The
+        model must have the same architecture; nothing in the file is unpickled (``torch.load(weights_only=True)``,
+        Keras ``safe_mode=True``).
+        """
+        raise NotImplementedError(f"Loading weights is not available for {type(self.classifier).__name__}.")

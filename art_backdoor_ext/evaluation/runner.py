@@ -76,16 +76,24 @@ def check_scenario(scenario: Scenario) -> None:
         raise ValueError(f"Scenario.nb_epochs must be an integer >= 0, got {scenario.nb_epochs!r}.")
 
 
-def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None) -> ScenarioContext:
+def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None, store=None) -> ScenarioContext:
     """
     Load the data, build the attack, poison the training set, train the model (robustly if asked), and measure its
     clean accuracy and ASR.
 
     :param data: Optional ``((x_train, y_train), (x_test, y_test))`` to use instead of ``scenario.dataset``, in the
                  scenario framework's layout.
+    :param store: Optional cache of poisoned training sets and trained models, keyed by the scenario's settings (e.g.
+                  :class:`art_backdoor_ext.grid.GridCache`): an object with ``poisoned(scenario, compute)`` returning
+                  ``(x, y, is_poison)`` and ``model(ctx, compute)`` returning ``(classifier, train_seconds)``, each
+                  calling ``compute()`` when it holds no valid entry. It cannot be combined with ``data``, which its
+                  keys would not describe.
     """
     sc = scenario
     check_scenario(sc)
+    if store is not None and data is not None:
+        raise ValueError("store= caches by the scenario's settings and cannot be combined with data=; give the "
+                         "dataset by name.")
     channels_first = framework_channels_first(sc.framework)
     (x_train, y_train), (x_test, y_test) = data if data is not None else _load(sc.dataset, channels_first, sc.seed)
     nb_classes = int(max(y_train.max(), y_test.max()) + 1)
@@ -100,12 +108,20 @@ def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None) -> Sc
         attack = get_attack(sc.attack)(actx, **sc.attack_kwargs)
         ctx.trigger = as_trigger(attack, ctx.target, nb_classes)
         fraction = sc.fraction if (sc.fraction is not None or sc.n_per_source is not None) else 0.01
-        data_p = poison_dataset(x_train, y_train, attack, ctx.target, ctx.sources, n_per_source=sc.n_per_source,
-                                fraction=fraction, nb_classes=nb_classes, seed=sc.seed)
-        ctx.x_train, ctx.y_train, ctx.is_poison = data_p.x, data_p.y, data_p.is_poison
-    start = time.perf_counter()
-    ctx.classifier = ctx.train_model(ctx.x_train, ctx.y_train)
-    ctx.train_seconds = time.perf_counter() - start
+
+        def poison():
+            data_p = poison_dataset(x_train, y_train, attack, ctx.target, ctx.sources, n_per_source=sc.n_per_source,
+                                    fraction=fraction, nb_classes=nb_classes, seed=sc.seed)
+            return data_p.x, data_p.y, data_p.is_poison
+
+        ctx.x_train, ctx.y_train, ctx.is_poison = poison() if store is None else store.poisoned(sc, poison)
+
+    def train():
+        start = time.perf_counter()
+        classifier = ctx.train_model(ctx.x_train, ctx.y_train)
+        return classifier, time.perf_counter() - start
+
+    ctx.classifier, ctx.train_seconds = train() if store is None else store.model(ctx, train)
     ctx.clean_accuracy = accuracy(ctx.classifier, x_test, y_test)
     ctx.asr = ctx.asr_of(ctx.classifier)
     logger.info("%s: trained in %.1fs, clean accuracy %.3f, ASR %.3f, %d poisoned images.", sc.name,

@@ -1,6 +1,6 @@
 """
 Plots (matplotlib, loaded lazily): recovered patterns and reciprocal-statistic histograms, AEGIS cluster plots,
-cluster-impurity diagnostics, pruning curves. Each function returns a matplotlib ``Figure``.
+cluster-impurity diagnostics, pruning curves, error bars over seeds. Each function returns a matplotlib ``Figure``.
 """
 import importlib
 
@@ -13,6 +13,7 @@ _FUNCTIONS = {
     "plot_cluster_exemplars": "clusters",
     "plot_impurity": "impurity",
     "plot_pruning_curve": "pruning",
+    "plot_error_bars": "errorbars",
 }
 
 __all__ = list(_FUNCTIONS)
