@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -75,6 +76,31 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
       for 10-15 epochs the paper's rule raises exactly this false alarm (source 1, target 2 or 8, p ~ 5e-3), and the
       normalised rule does not (p ~ 0.25), while a real backdoor pair stays an outlier within its own source's row.
       ``normalize_sources=False`` is the paper's rule; ``benchmarks/reverse_engineering.py`` reports both.
+    * ``max_norm_ratio=0.3`` (not in the paper): a second condition for a detection. A putative target whose
+      (adjusted) p-value is below ``theta`` is reported only if its most extreme pattern is at most ``max_norm_ratio``
+      times the median pattern norm of the same source class. The reciprocal statistics of one model are not
+      independent draws (a source's row and a target's column share the model), so the Gamma null is too narrow for
+      the naturally confusable pairs of a clean model (MNIST's 3/5, 4/9, 5/8): on clean CNNs their order statistic
+      reaches p < 0.05 on several training seeds with either null. Those natural pairs need patterns of more than
+      half their source's median norm, while an implanted backdoor needs a small fraction of it (the threshold and
+      both distributions over training seeds are in ``benchmarks/results/reverse_engineering_calibration.md``). The
+      ratio is scale-free (a ratio of two pattern norms of the same model), so it does not depend on the image size
+      or range. ``max_norm_ratio=None`` is the test alone (the paper's rule with ``normalize_sources=False``).
+    * ``cleansing="scaled"`` instead of the paper's Eq. (12) with the estimated pattern itself. The estimate is the
+      *smallest* pattern that sends a fraction ``pi`` of the source class to t; a poisoned image carries the whole
+      trigger, which can be several times larger (an image-wide chessboard of 8/255 on MNIST has L2 norm ~0.9, its
+      estimate ~0.3), so ``x - v`` keeps part of the trigger and stays in t. The scaled rule subtracts ``alpha * v``
+      with ``alpha = max(1, cleansing_fraction * min_c d(v_tc) / d(v))``: ``min_c d(v_tc)`` is the smallest pattern
+      (in its best direction) that moves the clean images of the target class to any other class, so a pattern of
+      half that size in the backdoor's direction moves few clean target images while removing the whole trigger from
+      the poisoned ones. ``cleansing="paper"`` is Eq. (12).
+    * A cleansing sanity check (not in the paper): the images removed from the target class should differ from the
+      kept ones in the model's feature space (poisoned images are source-class images the model sends to the target
+      through the trigger). When a cross-validated linear classifier separates removed from kept images with an AUC
+      below ``min_separability``, or nearly the whole class is removed, the removed set looks like the class's clean
+      population (e.g. a visible trigger that the small-pattern estimate does not reproduce): the report's
+      ``cleansing_reliable`` is False, ``cleansing_notes`` says why, and a ``UserWarning`` is raised. ``is_clean`` is
+      still returned unchanged.
 
     :param classifier: ART classifier (PyTorch or Keras) trained on the possibly poisoned ``(x_train, y_train)``.
     :param x_train: Training images, in the classifier's layout.
@@ -91,18 +117,30 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     :param normalize_sources: Scale each source class's reciprocal statistics by the median pattern norm of that
                               source (default; not in the paper, see above), so that a source class that is easy to
                               move anywhere (MNIST's 1s) does not produce a false detection. False = the paper's rule.
+    :param max_norm_ratio: Second detection condition: the putative target's most extreme pattern must be at most
+                           this fraction of its source class's median pattern norm (default 0.3; ``None`` = the test
+                           alone, the paper's rule).
+    :param cleansing: ``"scaled"`` (default: subtract the pattern scaled up as described above) or ``"paper"`` (Eq. 12:
+                      subtract the estimated pattern).
+    :param cleansing_fraction: For ``cleansing="scaled"``: size of the subtracted pattern as a fraction of the smallest
+                               pattern that moves the target class's clean images to another class (default 0.5).
+    :param min_separability: Cleansing sanity check: cross-validated AUC below which removed and kept target-class
+                             images are considered indistinguishable in feature space (default 0.75; ``None`` = off).
     :param max_images_per_pass: Largest number of images sent through the network at once (memory bound).
-    :param seed: Seed of the batch sampling.
+    :param seed: Seed of the batch sampling (and of the sanity check's cross-validation folds).
     :param verbose: Show a progress bar.
     """
 
     defence_params = ["classifier", "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size",
-                      "norm", "theta", "normalize_sources", "max_images_per_pass", "seed", "verbose"]
+                      "norm", "theta", "normalize_sources", "max_norm_ratio", "cleansing", "cleansing_fraction",
+                      "min_separability", "max_images_per_pass", "seed", "verbose"]
 
     def __init__(self, classifier, x_train: np.ndarray, y_train: np.ndarray, pi: float = 0.95, lam: float = 1.0,
                  step_size: float = 0.05, step_growth: float = 1.06, optimizer: str = "normalized",
                  max_iter: int = 80, batch_size: int = 8, norm: str = "l2", theta: float = 0.05,
-                 normalize_sources: bool = True, max_images_per_pass: int = 4096, seed: int = 0,
+                 normalize_sources: bool = True, max_norm_ratio: Optional[float] = 0.3,
+                 cleansing: str = "scaled", cleansing_fraction: float = 0.5,
+                 min_separability: Optional[float] = 0.75, max_images_per_pass: int = 4096, seed: int = 0,
                  verbose: bool = False) -> None:
         super().__init__(classifier, x_train, y_train)
         self.pi = pi
@@ -115,6 +153,10 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         self.norm = norm
         self.theta = theta
         self.normalize_sources = normalize_sources
+        self.max_norm_ratio = max_norm_ratio
+        self.cleansing = cleansing
+        self.cleansing_fraction = cleansing_fraction
+        self.min_separability = min_separability
         self.max_images_per_pass = max_images_per_pass
         self.seed = seed
         self.verbose = verbose
@@ -143,6 +185,14 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {self.norm!r}.")
         if not 0.0 < float(self.theta) < 1.0:
             raise ValueError(f"theta must be in (0, 1) (the paper uses 0.05), got {self.theta}.")
+        if self.max_norm_ratio is not None and not float(self.max_norm_ratio) > 0.0:
+            raise ValueError(f"max_norm_ratio must be > 0 or None (the test alone), got {self.max_norm_ratio}.")
+        if self.cleansing not in ("scaled", "paper"):
+            raise ValueError(f"cleansing must be 'scaled' or 'paper' (Eq. 12), got {self.cleansing!r}.")
+        if not float(self.cleansing_fraction) > 0.0:
+            raise ValueError(f"cleansing_fraction must be > 0, got {self.cleansing_fraction}.")
+        if self.min_separability is not None and not 0.5 <= float(self.min_separability) <= 1.0:
+            raise ValueError(f"min_separability must be in [0.5, 1] or None (no check), got {self.min_separability}.")
         if int(self.max_images_per_pass) < 2:
             raise ValueError(f"max_images_per_pass must be >= 2, got {self.max_images_per_pass}.")
 
@@ -157,15 +207,19 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         """
         Run pattern estimation, detection inference and (if an attack is detected) cleansing.
 
-        :param kwargs: Any of the constructor's parameters, to override them for this run. When only inference
-                       parameters are given (``theta``, ``norm``, ``normalize_sources``), the patterns estimated by the
+        :param kwargs: Any of the constructor's parameters, to override them for this run. When only inference and
+                       cleansing parameters are given (``theta``, ``norm``, ``normalize_sources``, ``max_norm_ratio``,
+                       ``cleansing``, ``cleansing_fraction``, ``min_separability``), the patterns estimated by the
                        previous run are reused, so comparing detection rules costs no second estimation.
         :return: ``(report, is_clean)``: ``is_clean[i] = 0`` for training images flagged as poison, 1 otherwise. The
                  report holds ``detected``, ``p_value``, ``target_class``, ``source_class``, ``suspected_classes``,
-                 ``class_p_values`` (Eq. 10, per putative target), ``reciprocal_statistics`` (K x K, NaN diagonal),
+                 ``class_p_values`` (Eq. 10, per putative target), ``norm_ratios`` (per putative target, its smallest
+                 pattern norm over its source's median), ``dismissed_classes`` (significant in the test but failing
+                 ``max_norm_ratio``), ``reciprocal_statistics`` (K x K, NaN diagonal),
                  ``norms``, ``pattern`` (the estimated backdoor pattern, in the input's layout, or ``None``),
                  ``patterns`` (all K x K estimates), ``converged``, ``not_converged`` (pairs that hit ``max_iter``),
-                 ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``nb_flagged`` and
+                 ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``cleansing_scale`` (alpha),
+                 ``cleansing_reliable`` / ``cleansing_notes`` / ``separability`` (the sanity check), ``nb_flagged`` and
                  ``seconds`` / ``seconds_estimation`` / ``seconds_inference`` / ``seconds_cleansing``.
         """
         # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
@@ -206,20 +260,21 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             median = np.ones((nb_classes, 1))
             median[present, 0] = np.nanmedian(norms[present], axis=1)  # absent classes' rows stay all-NaN
             recip = recip * median
-        inference = self._inference(recip, present)
+        inference = self._inference(recip, present, norms)
         t_inf = time.perf_counter()
 
         is_clean = np.ones(len(x), dtype=int)
         pattern = None
         target, source = inference["target_class"], None
+        cleansing: Dict[str, Any] = {"cleansing_scale": None, "cleansing_reliable": None, "cleansing_notes": "",
+                                     "separability": float("nan")}
         if inference["detected"]:
             source = int(np.nanargmax(recip[:, target]))
             pattern = patterns[source, target].copy()
-            members = np.flatnonzero(labels == target)
-            lo, hi = self._clip_values()
-            removed = np.clip(x[members] - pattern[None], lo, hi)
-            pred = adapter.predict_labels(removed)
-            is_clean[members[pred != target]] = 0
+            flagged, scale = self._cleanse(adapter, x, labels, target, pattern, norms, present)
+            is_clean[flagged] = 0
+            cleansing.update(self._check_cleansing(adapter, x, labels, target, flagged))
+            cleansing["cleansing_scale"] = scale
         seconds = time.perf_counter() - start
 
         not_conv = [(int(s), int(t)) for s, t in zip(*np.nonzero(valid & ~info["converged"]))]
@@ -244,6 +299,11 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             "flagged_by_class": {int(c): int(((is_clean == 0) & (labels == c)).sum()) for c in present},
             "theta": float(self.theta),
             "normalize_sources": bool(self.normalize_sources),
+            "max_norm_ratio": None if self.max_norm_ratio is None else float(self.max_norm_ratio),
+            "norm_ratios": inference["norm_ratios"],
+            "dismissed_classes": inference["dismissed_classes"],
+            "cleansing": self.cleansing,
+            **cleansing,
             "seconds": seconds,
             "seconds_estimation": seconds_estimation,
             "seconds_inference": t_inf - t_est,
@@ -436,8 +496,11 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
                 alive &= (seen - hits) <= allowed
         return hits / np.maximum(seen, 1)
 
-    def _inference(self, recip: np.ndarray, present: np.ndarray) -> Dict[str, Any]:
-        """Lines 9-17 of Algorithm 1: Gamma null per putative target, Eq. (10) and Eq. (11)."""
+    def _inference(self, recip: np.ndarray, present: np.ndarray, norms: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """
+        Lines 9-17 of Algorithm 1: Gamma null per putative target, Eq. (10) and Eq. (11); then (not in the paper) the
+        effect-size condition ``max_norm_ratio`` on the significant targets, when ``norms`` is given.
+        """
         from scipy import stats
 
         k_present = len(present)
@@ -459,9 +522,93 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             null_params[int(c)] = (float(shape), float(scale))
         pv_min = min(class_pv.values())
         p_value = float(-np.expm1(k_present * np.log1p(-pv_min))) if pv_min < 1 else 1.0
-        detected = p_value < self.theta
-        target = int(min(class_pv, key=class_pv.get)) if detected else None
         adjusted = {c: float(-np.expm1(k_present * np.log1p(-p))) if p < 1 else 1.0 for c, p in class_pv.items()}
-        suspected = sorted([c for c, p in adjusted.items() if p < self.theta], key=lambda c: class_pv[c])
+        significant = sorted([c for c, p in adjusted.items() if p < self.theta], key=lambda c: class_pv[c])
+        ratios = self._norm_ratios(norms, present) if norms is not None else {}
+        if self.max_norm_ratio is not None and norms is not None:
+            suspected = [c for c in significant if ratios[c] <= float(self.max_norm_ratio)]
+        else:
+            suspected = significant
+        dismissed = [c for c in significant if c not in suspected]
+        if dismissed:
+            logger.info("RE: putative target(s) %s pass the test (p < %.3g) but their smallest pattern is %s of its "
+                        "source's median norm (> max_norm_ratio=%.3g): a natural class confusion, not reported.",
+                        dismissed, self.theta, ", ".join(f"{ratios[c]:.2f}" for c in dismissed),
+                        float(self.max_norm_ratio))
+        detected = bool(suspected)
+        target = int(suspected[0]) if detected else None
         return {"detected": detected, "p_value": p_value, "target_class": target, "suspected_classes": suspected,
-                "class_p_values": class_pv, "null_params": null_params}
+                "class_p_values": class_pv, "null_params": null_params, "norm_ratios": ratios,
+                "dismissed_classes": dismissed}
+
+    @staticmethod
+    def _norm_ratios(norms: np.ndarray, present: np.ndarray) -> Dict[int, float]:
+        """Per putative target c: min over sources s of d(v_sc) / median_t d(v_st) (the effect size of the column)."""
+        ratio = np.full(norms.shape, np.nan)
+        ratio[present] = norms[present] / np.nanmedian(norms[present], axis=1, keepdims=True)
+        return {int(c): float(np.nanmin(ratio[present, c])) for c in present}
+
+    def _cleanse(self, adapter, x: np.ndarray, labels: np.ndarray, target: int, pattern: np.ndarray,
+                 norms: np.ndarray, present: np.ndarray) -> Tuple[np.ndarray, float]:
+        """
+        Eq. (12) with the pattern scaled by ``alpha`` (``cleansing="scaled"``, see the class notes; ``alpha = 1`` for
+        ``"paper"``): the indices of the target-class images with ``f(clip(x - alpha * v)) != t``, and ``alpha``.
+        """
+        members = np.flatnonzero(labels == target)
+        scale = 1.0
+        if self.cleansing == "scaled":
+            size = float(np.linalg.norm(pattern.ravel(), ord=_NORMS[self.norm]))
+            outgoing = norms[target, present[present != target]]
+            outgoing = outgoing[np.isfinite(outgoing)]
+            if size > 0 and len(outgoing):
+                scale = max(1.0, float(self.cleansing_fraction) * float(np.min(outgoing)) / size)
+        lo, hi = self._clip_values()
+        removed = np.clip(x[members] - scale * pattern[None], lo, hi)
+        pred = adapter.predict_labels(removed, batch_size=int(self.max_images_per_pass))
+        return members[pred != target], scale
+
+    def _check_cleansing(self, adapter, x: np.ndarray, labels: np.ndarray, target: int,
+                         flagged: np.ndarray) -> Dict[str, Any]:
+        """
+        The cleansing sanity check (see the class notes): cross-validated AUC of a logistic regression separating
+        removed from kept target-class images on the model's penultimate-layer features (standardised).
+        """
+        out: Dict[str, Any] = {"cleansing_reliable": None, "cleansing_notes": "", "separability": float("nan")}
+        if self.min_separability is None:
+            return out
+        members = np.flatnonzero(labels == target)
+        removed = np.isin(members, flagged)
+        n_removed, n_kept = int(removed.sum()), int((~removed).sum())
+        min_count = 10
+        if n_removed < min_count:
+            out["cleansing_notes"] = f"{n_removed} images removed: too few to check the cleansing"
+            return out
+        if n_kept < min_count:
+            note = (f"the cleansing removed {n_removed} of the {len(members)} images of class {target}, nearly the whole "
+                    "class: the estimated pattern moves clean images of the class too, so the removed set cannot be "
+                    "told from the class's clean population")
+            out.update(cleansing_reliable=False, cleansing_notes=note)
+            warnings.warn(f"RE cleansing unreliable: {note}.", UserWarning)
+            return out
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        feats = adapter.get_features(x[members])
+        folds = StratifiedKFold(n_splits=min(5, n_removed, n_kept), shuffle=True, random_state=int(self.seed))
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        score = cross_val_predict(model, feats, removed, cv=folds, method="decision_function")
+        auc = float(roc_auc_score(removed, score))
+        out["separability"] = auc
+        out["cleansing_reliable"] = auc >= float(self.min_separability)
+        if not out["cleansing_reliable"]:
+            note = (f"the {n_removed} images removed from class {target} ({n_removed / len(members):.0%} of it) are "
+                    f"hardly separable from the {n_kept} kept ones in the model's feature space (cross-validated AUC "
+                    f"{auc:.2f} < min_separability={float(self.min_separability):.2f}): they look like the class's "
+                    "clean population, not like poisoned images (e.g. a trigger unlike the small additive patterns "
+                    "RE estimates); is_clean is returned unchanged, but do not rely on it")
+            out["cleansing_notes"] = note
+            warnings.warn(f"RE cleansing unreliable: {note}.", UserWarning)
+        return out
