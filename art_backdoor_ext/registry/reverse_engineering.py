@@ -30,13 +30,17 @@ def _reverse_engineering(ctx: ScenarioContext, **kwargs):
 @register_defence("re-paper")
 def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs):
     """
-    The RE defence with the paper's detection rule (``normalize_sources=False``: one Gamma null for all reciprocal
-    statistics). Reuses the patterns of an ``"re"`` row run before it on the same scenario (same estimation
-    parameters), so the two detection rules are compared on identical patterns.
+    The RE defence with the paper's detection rule and cleansing (``normalize_sources=False``: one Gamma null for all
+    reciprocal statistics; ``max_norm_ratio=None``: the test alone; ``cleansing="paper"``: Eq. 12; no sanity check).
+    Reuses the patterns of an ``"re"`` row run before it on the same scenario (same estimation parameters), so the two
+    detection rules are compared on identical patterns.
     """
     from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
 
     kwargs["normalize_sources"] = False
+    kwargs.setdefault("max_norm_ratio", None)  # the test alone
+    kwargs.setdefault("cleansing", "paper")  # Eq. (12)
+    kwargs.setdefault("min_separability", None)  # no sanity check
     kwargs.setdefault("verbose", ctx.verbose)
     defence = ctx.cache.get("re")
     if defence is None:

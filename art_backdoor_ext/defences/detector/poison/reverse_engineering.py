@@ -72,10 +72,10 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
       multiplied by that source's median pattern norm. The paper's Gamma null treats all K(K-1) statistics as one
       sample, but some source classes are far easier to move to *any* class than others (MNIST's thin 1s need
       patterns about half as large as other digits'); the largest statistic of every putative target then comes from
-      that source, and whichever target it reaches most easily looks like an outlier. On clean mnist-5k CNNs trained
-      for 10-15 epochs the paper's rule raises exactly this false alarm (source 1, target 2 or 8, p ~ 5e-3), and the
-      normalised rule does not (p ~ 0.25), while a real backdoor pair stays an outlier within its own source's row.
-      ``normalize_sources=False`` is the paper's rule; ``benchmarks/reverse_engineering.py`` reports both.
+      that source, and whichever target it reaches most easily looks like an outlier; a real backdoor pair stays an
+      outlier within its own source's row. Normalising alone does not bound the false-alarm rate (see
+      ``max_norm_ratio``). ``normalize_sources=False`` is the paper's rule; ``benchmarks/reverse_engineering.py`` and
+      ``benchmarks/reverse_engineering_calibration.py`` report both.
     * ``max_norm_ratio=0.3`` (not in the paper): a second condition for a detection. A putative target whose
       (adjusted) p-value is below ``theta`` is reported only if its most extreme pattern is at most ``max_norm_ratio``
       times the median pattern norm of the same source class. The reciprocal statistics of one model are not
@@ -88,8 +88,8 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
       or range. ``max_norm_ratio=None`` is the test alone (the paper's rule with ``normalize_sources=False``).
     * ``cleansing="scaled"`` instead of the paper's Eq. (12) with the estimated pattern itself. The estimate is the
       *smallest* pattern that sends a fraction ``pi`` of the source class to t; a poisoned image carries the whole
-      trigger, which can be several times larger (an image-wide chessboard of 8/255 on MNIST has L2 norm ~0.9, its
-      estimate ~0.3), so ``x - v`` keeps part of the trigger and stays in t. The scaled rule subtracts ``alpha * v``
+      trigger, which can be several times larger (a dense, image-wide trigger most of all: the network crosses the
+      boundary long before the whole trigger is added), so ``x - v`` keeps part of the trigger and stays in t. The scaled rule subtracts ``alpha * v``
       with ``alpha = max(1, cleansing_fraction * min_c d(v_tc) / d(v))``: ``min_c d(v_tc)`` is the smallest pattern
       (in its best direction) that moves the clean images of the target class to any other class, so a pattern of
       half that size in the backdoor's direction moves few clean target images while removing the whole trigger from
