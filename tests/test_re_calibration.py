@@ -143,3 +143,36 @@ def test_visible_badnets_cleansing_flagged_unreliable(scenario_ctx):
     assert report["detected"] and report["target_class"] == 7
     assert report["cleansing_reliable"] is False and "feature space" in report["cleansing_notes"]
     assert len(is_clean) == len(ctx.x_train) and report["nb_flagged"] == int(np.sum(np.asarray(is_clean) == 0))
+
+
+@pytest.mark.parametrize("bad", [dict(max_norm_ratio=0), dict(max_norm_ratio=-1), dict(cleansing="eq12"),
+                                 dict(cleansing_fraction=0), dict(min_separability=0.3),
+                                 dict(min_separability=1.5)])
+def test_bad_new_params(bad, digits):
+    from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
+
+    (x, y), _ = digits
+    with pytest.raises(ValueError):
+        ReverseEngineeringDefence(object(), x[:10], y[:10], **bad)
+
+
+def test_inference_effect_size_condition():
+    """The Gamma test alone flags a clean-looking matrix with one confusable pair; the effect size dismisses it."""
+    from art_backdoor_ext.defences.detector.poison import ReverseEngineeringDefence
+
+    rng = np.random.default_rng(0)
+    k = 10
+    norms = rng.uniform(4.5, 5.5, (k, k))
+    np.fill_diagonal(norms, np.nan)
+    norms[5, 3] = 3.0  # a natural confusion: 0.6 of its source's median
+    defence = ReverseEngineeringDefence(object.__new__(object), np.zeros((3, 1, 2, 2)), np.arange(3), theta=0.05)
+    recip = 1.0 / norms
+    present = np.arange(k)
+    alone = defence._inference(recip, present)
+    assert alone["detected"] and alone["target_class"] == 3
+    calibrated = defence._inference(recip, present, norms)
+    assert not calibrated["detected"] and calibrated["dismissed_classes"] == [3]
+    assert calibrated["norm_ratios"][3] == pytest.approx(3.0 / np.nanmedian(norms[5]))
+    norms[[1, 2], 7] = 0.4  # a backdoor: a tenth of the sources' median
+    backdoor = defence._inference(1.0 / norms, present, norms)
+    assert backdoor["detected"] and backdoor["target_class"] == 7 and backdoor["suspected_classes"] == [7]
