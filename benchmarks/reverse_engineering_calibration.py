@@ -41,8 +41,8 @@ from art_backdoor_ext.evaluation import Scenario, _ensure_registered, format_val
 logger = logging.getLogger("re_calibration")
 
 RULES = {
-    "old": dict(normalize_sources=True, max_norm_ratio=None, cleansing="paper", min_separability=None),
-    "paper": dict(normalize_sources=False, max_norm_ratio=None, cleansing="paper", min_separability=None),
+    "old": dict(normalize_sources=True, max_norm_ratio=None, cleansing="paper", min_relative_margin=None),
+    "paper": dict(normalize_sources=False, max_norm_ratio=None, cleansing="paper", min_relative_margin=None),
     "new": {},  # the defaults
 }
 
@@ -139,7 +139,7 @@ def evaluate(suite: str, sc: Scenario, cache: str = None):
                                       else None),
                    seconds_estimation=report["seconds_estimation"], estimation_load=data["estimation_load"],
                    tpr=None, fpr_target=None, cleansing_scale=report["cleansing_scale"],
-                   cleansing_reliable=report["cleansing_reliable"], separability=report["separability"],
+                   cleansing_reliable=report["cleansing_reliable"], relative_margin=report["relative_margin"],
                    warned=any(issubclass(w.category, UserWarning) for w in caught))
         if sc.poisoned and report["detected"]:
             rates = filtering_rates(is_clean, data["is_poison"], data["y"], data["target"])
@@ -150,8 +150,8 @@ def evaluate(suite: str, sc: Scenario, cache: str = None):
 
 def _defaults():
     """The constructor defaults of every inference / cleansing parameter (so each rule starts from them)."""
-    return dict(normalize_sources=True, max_norm_ratio=0.3, cleansing="scaled", cleansing_fraction=0.5,
-                min_separability=0.75, theta=0.05)
+    return dict(normalize_sources=True, max_norm_ratio=0.3, cleansing="scaled", cleansing_fraction=0.25,
+                min_relative_margin=0.5, theta=0.05)
 
 
 def summary(rows) -> str:

@@ -40,7 +40,7 @@ def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs):
     kwargs["normalize_sources"] = False
     kwargs.setdefault("max_norm_ratio", None)  # the test alone
     kwargs.setdefault("cleansing", "paper")  # Eq. (12)
-    kwargs.setdefault("min_separability", None)  # no sanity check
+    kwargs.setdefault("min_relative_margin", None)  # no sanity check
     kwargs.setdefault("verbose", ctx.verbose)
     defence = ctx.cache.get("re")
     if defence is None:

@@ -92,15 +92,20 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
       boundary long before the whole trigger is added), so ``x - v`` keeps part of the trigger and stays in t. The scaled rule subtracts ``alpha * v``
       with ``alpha = max(1, cleansing_fraction * min_c d(v_tc) / d(v))``: ``min_c d(v_tc)`` is the smallest pattern
       (in its best direction) that moves the clean images of the target class to any other class, so a pattern of
-      half that size in the backdoor's direction moves few clean target images while removing the whole trigger from
-      the poisoned ones. ``cleansing="paper"`` is Eq. (12).
-    * A cleansing sanity check (not in the paper): the images removed from the target class should differ from the
-      kept ones in the model's feature space (poisoned images are source-class images the model sends to the target
-      through the trigger). When a cross-validated linear classifier separates removed from kept images with an AUC
-      below ``min_separability``, or nearly the whole class is removed, the removed set looks like the class's clean
-      population (e.g. a visible trigger that the small-pattern estimate does not reproduce): the report's
-      ``cleansing_reliable`` is False, ``cleansing_notes`` says why, and a ``UserWarning`` is raised. ``is_clean`` is
-      still returned unchanged.
+      a fraction of that size in the backdoor's direction moves few clean target images while removing the trigger from
+      the poisoned ones, and 1/4 (``cleansing_fraction=0.25``) because a localised pattern subtracted from clean
+      target images that share its pixels flips more of them as alpha grows. ``cleansing="paper"`` is Eq. (12).
+    * A cleansing sanity check (not in the paper). A poisoned image is a genuine image of its source class plus the
+      trigger: once the pattern is subtracted, the model sees an ordinary source-class image and classifies it with
+      the confidence typical of that class. A clean target-class image that the subtraction flips lands next to a
+      decision boundary instead. So for the removed images the margin (top minus second model output) after the
+      subtraction is compared with the median margin of the clean training images of their new class; when the median
+      of these ratios is below ``min_relative_margin`` (or nearly the whole class is removed) the removed set looks
+      like clean target images pushed across a boundary (e.g. a visible trigger that the small-pattern estimate does
+      not reproduce, so the estimated pattern is a natural class confusion): the report's ``cleansing_reliable`` is
+      False, ``cleansing_notes`` says why, and a ``UserWarning`` is raised; ``is_clean`` is still returned unchanged.
+      (A feature-space separability test of removed vs kept images, as first considered, does not work: any set
+      selected by the model's own decisions is linearly separable in its features.)
 
     :param classifier: ART classifier (PyTorch or Keras) trained on the possibly poisoned ``(x_train, y_train)``.
     :param x_train: Training images, in the classifier's layout.
@@ -123,9 +128,10 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     :param cleansing: ``"scaled"`` (default: subtract the pattern scaled up as described above) or ``"paper"`` (Eq. 12:
                       subtract the estimated pattern).
     :param cleansing_fraction: For ``cleansing="scaled"``: size of the subtracted pattern as a fraction of the smallest
-                               pattern that moves the target class's clean images to another class (default 0.5).
-    :param min_separability: Cleansing sanity check: cross-validated AUC below which removed and kept target-class
-                             images are considered indistinguishable in feature space (default 0.75; ``None`` = off).
+                               pattern that moves the target class's clean images to another class (default 0.25).
+    :param min_relative_margin: Cleansing sanity check: the removed images, with the pattern subtracted, must on median
+                                keep at least this fraction of the typical margin of their new classes (default 0.5;
+                                ``None`` = no check).
     :param max_images_per_pass: Largest number of images sent through the network at once (memory bound).
     :param seed: Seed of the batch sampling (and of the sanity check's cross-validation folds).
     :param verbose: Show a progress bar.
@@ -133,14 +139,14 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
 
     defence_params = ["classifier", "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size",
                       "norm", "theta", "normalize_sources", "max_norm_ratio", "cleansing", "cleansing_fraction",
-                      "min_separability", "max_images_per_pass", "seed", "verbose"]
+                      "min_relative_margin", "max_images_per_pass", "seed", "verbose"]
 
     def __init__(self, classifier, x_train: np.ndarray, y_train: np.ndarray, pi: float = 0.95, lam: float = 1.0,
                  step_size: float = 0.05, step_growth: float = 1.06, optimizer: str = "normalized",
                  max_iter: int = 80, batch_size: int = 8, norm: str = "l2", theta: float = 0.05,
                  normalize_sources: bool = True, max_norm_ratio: Optional[float] = 0.3,
-                 cleansing: str = "scaled", cleansing_fraction: float = 0.5,
-                 min_separability: Optional[float] = 0.75, max_images_per_pass: int = 4096, seed: int = 0,
+                 cleansing: str = "scaled", cleansing_fraction: float = 0.25,
+                 min_relative_margin: Optional[float] = 0.5, max_images_per_pass: int = 4096, seed: int = 0,
                  verbose: bool = False) -> None:
         super().__init__(classifier, x_train, y_train)
         self.pi = pi
@@ -156,7 +162,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         self.max_norm_ratio = max_norm_ratio
         self.cleansing = cleansing
         self.cleansing_fraction = cleansing_fraction
-        self.min_separability = min_separability
+        self.min_relative_margin = min_relative_margin
         self.max_images_per_pass = max_images_per_pass
         self.seed = seed
         self.verbose = verbose
@@ -191,8 +197,9 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             raise ValueError(f"cleansing must be 'scaled' or 'paper' (Eq. 12), got {self.cleansing!r}.")
         if not float(self.cleansing_fraction) > 0.0:
             raise ValueError(f"cleansing_fraction must be > 0, got {self.cleansing_fraction}.")
-        if self.min_separability is not None and not 0.5 <= float(self.min_separability) <= 1.0:
-            raise ValueError(f"min_separability must be in [0.5, 1] or None (no check), got {self.min_separability}.")
+        if self.min_relative_margin is not None and not 0.0 < float(self.min_relative_margin) <= 1.0:
+            raise ValueError(f"min_relative_margin must be in (0, 1] or None (no check), got "
+                             f"{self.min_relative_margin}.")
         if int(self.max_images_per_pass) < 2:
             raise ValueError(f"max_images_per_pass must be >= 2, got {self.max_images_per_pass}.")
 
@@ -209,7 +216,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
 
         :param kwargs: Any of the constructor's parameters, to override them for this run. When only inference and
                        cleansing parameters are given (``theta``, ``norm``, ``normalize_sources``, ``max_norm_ratio``,
-                       ``cleansing``, ``cleansing_fraction``, ``min_separability``), the patterns estimated by the
+                       ``cleansing``, ``cleansing_fraction``, ``min_relative_margin``), the patterns estimated by the
                        previous run are reused, so comparing detection rules costs no second estimation.
         :return: ``(report, is_clean)``: ``is_clean[i] = 0`` for training images flagged as poison, 1 otherwise. The
                  report holds ``detected``, ``p_value``, ``target_class``, ``source_class``, ``suspected_classes``,
@@ -219,7 +226,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
                  ``norms``, ``pattern`` (the estimated backdoor pattern, in the input's layout, or ``None``),
                  ``patterns`` (all K x K estimates), ``converged``, ``not_converged`` (pairs that hit ``max_iter``),
                  ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``cleansing_scale`` (alpha),
-                 ``cleansing_reliable`` / ``cleansing_notes`` / ``separability`` (the sanity check), ``nb_flagged`` and
+                 ``cleansing_reliable`` / ``cleansing_notes`` / ``relative_margin`` (the sanity check), ``nb_flagged`` and
                  ``seconds`` / ``seconds_estimation`` / ``seconds_inference`` / ``seconds_cleansing``.
         """
         # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
@@ -267,13 +274,13 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         pattern = None
         target, source = inference["target_class"], None
         cleansing: Dict[str, Any] = {"cleansing_scale": None, "cleansing_reliable": None, "cleansing_notes": "",
-                                     "separability": float("nan")}
+                                     "relative_margin": float("nan")}
         if inference["detected"]:
             source = int(np.nanargmax(recip[:, target]))
             pattern = patterns[source, target].copy()
             flagged, scale = self._cleanse(adapter, x, labels, target, pattern, norms, present)
             is_clean[flagged] = 0
-            cleansing.update(self._check_cleansing(adapter, x, labels, target, flagged))
+            cleansing.update(self._check_cleansing(adapter, x, labels, target, flagged, pattern, scale))
             cleansing["cleansing_scale"] = scale
         seconds = time.perf_counter() - start
 
@@ -567,48 +574,62 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
         pred = adapter.predict_labels(removed, batch_size=int(self.max_images_per_pass))
         return members[pred != target], scale
 
-    def _check_cleansing(self, adapter, x: np.ndarray, labels: np.ndarray, target: int,
-                         flagged: np.ndarray) -> Dict[str, Any]:
+    def _check_cleansing(self, adapter, x: np.ndarray, labels: np.ndarray, target: int, flagged: np.ndarray,
+                         pattern: np.ndarray, scale: float) -> Dict[str, Any]:
         """
-        The cleansing sanity check (see the class notes): cross-validated AUC of a logistic regression separating
-        removed from kept target-class images on the model's penultimate-layer features (standardised).
+        The cleansing sanity check (see the class notes). For every removed image, the margin (largest minus second
+        largest model output) of ``clip(x - alpha * v)`` divided by the median margin of the clean training images of
+        its new class (non-target training images the model classifies as their label); the cleansing is unreliable
+        when the median of these relative margins is below ``min_relative_margin``, or when nearly the whole class is
+        removed.
         """
-        out: Dict[str, Any] = {"cleansing_reliable": None, "cleansing_notes": "", "separability": float("nan")}
-        if self.min_separability is None:
+        out: Dict[str, Any] = {"cleansing_reliable": None, "cleansing_notes": "", "relative_margin": float("nan")}
+        if self.min_relative_margin is None:
             return out
         members = np.flatnonzero(labels == target)
-        removed = np.isin(members, flagged)
-        n_removed, n_kept = int(removed.sum()), int((~removed).sum())
+        n_removed, n_kept = len(flagged), len(members) - len(flagged)
         min_count = 10
         if n_removed < min_count:
             out["cleansing_notes"] = f"{n_removed} images removed: too few to check the cleansing"
             return out
+        note = ""
         if n_kept < min_count:
             note = (f"the cleansing removed {n_removed} of the {len(members)} images of class {target}, nearly the whole "
-                    "class: the estimated pattern moves clean images of the class too, so the removed set cannot be "
-                    "told from the class's clean population")
-            out.update(cleansing_reliable=False, cleansing_notes=note)
-            warnings.warn(f"RE cleansing unreliable: {note}.", UserWarning)
-            return out
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import roc_auc_score
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        feats = adapter.get_features(x[members])
-        folds = StratifiedKFold(n_splits=min(5, n_removed, n_kept), shuffle=True, random_state=int(self.seed))
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-        score = cross_val_predict(model, feats, removed, cv=folds, method="decision_function")
-        auc = float(roc_auc_score(removed, score))
-        out["separability"] = auc
-        out["cleansing_reliable"] = auc >= float(self.min_separability)
-        if not out["cleansing_reliable"]:
-            note = (f"the {n_removed} images removed from class {target} ({n_removed / len(members):.0%} of it) are "
-                    f"hardly separable from the {n_kept} kept ones in the model's feature space (cross-validated AUC "
-                    f"{auc:.2f} < min_separability={float(self.min_separability):.2f}): they look like the class's "
-                    "clean population, not like poisoned images (e.g. a trigger unlike the small additive patterns "
-                    "RE estimates); is_clean is returned unchanged, but do not rely on it")
-            out["cleansing_notes"] = note
-            warnings.warn(f"RE cleansing unreliable: {note}.", UserWarning)
+                    "class: the subtracted pattern moves the class's clean images too")
+        else:
+            lo, hi = self._clip_values()
+            batch = int(self.max_images_per_pass)
+            after = adapter.classifier.predict(np.clip(x[flagged] - scale * pattern[None], lo, hi).astype(np.float32),
+                                               batch_size=batch)
+            others = np.flatnonzero(labels != target)
+            outputs = adapter.classifier.predict(x[others].astype(np.float32), batch_size=batch)
+            correct = outputs.argmax(axis=1) == labels[others]
+            typical = np.full(adapter.nb_classes, np.nan)
+            for c in np.unique(labels[others]):
+                sel = correct & (labels[others] == c)
+                if sel.any():
+                    typical[c] = np.median(_margin(outputs[sel]))
+            rel = _margin(after) / typical[after.argmax(axis=1)]
+            rel = rel[np.isfinite(rel)]
+            if len(rel) == 0:
+                out["cleansing_notes"] = "the removed images go to classes without reference images: not checked"
+                return out
+            out["relative_margin"] = float(np.median(rel))
+            if out["relative_margin"] < float(self.min_relative_margin):
+                note = (f"the {n_removed} images removed from class {target} ({n_removed / len(members):.0%} of it) "
+                        f"leave it only barely once the pattern is subtracted (median margin "
+                        f"{out['relative_margin']:.2f} of the typical margin of their new classes < "
+                        f"min_relative_margin={float(self.min_relative_margin):.2f}): they look like clean images of "
+                        f"class {target} pushed across a decision boundary, not like poisoned images of another class "
+                        "(e.g. a trigger unlike the small additive patterns RE estimates)")
+        out["cleansing_reliable"] = not note
+        if note:
+            out["cleansing_notes"] = note + "; is_clean is returned unchanged, but do not rely on it"
+            warnings.warn(f"RE cleansing unreliable: {out['cleansing_notes']}.", UserWarning)
         return out
+
+
+def _margin(outputs: np.ndarray) -> np.ndarray:
+    """Largest minus second-largest output per row (logits or probabilities, as the model gives them)."""
+    top = np.sort(outputs, axis=1)
+    return top[:, -1] - top[:, -2]
