@@ -224,7 +224,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     rows = []
     for suite, sc in plan:
-        if args.cached_only and not (args.cache and os.path.exists(os.path.join(args.cache, cache_key(sc) + "_re.npz"))):
+        cached = args.cache and os.path.exists(os.path.join(args.cache, cache_key(sc) + "_re.npz"))
+        if args.cached_only and not cached:
             continue
         rows += evaluate(suite, sc, args.cache)
         new = rows[-1]

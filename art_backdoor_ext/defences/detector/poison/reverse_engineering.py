@@ -89,12 +89,13 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
     * ``cleansing="scaled"`` instead of the paper's Eq. (12) with the estimated pattern itself. The estimate is the
       *smallest* pattern that sends a fraction ``pi`` of the source class to t; a poisoned image carries the whole
       trigger, which can be several times larger (a dense, image-wide trigger most of all: the network crosses the
-      boundary long before the whole trigger is added), so ``x - v`` keeps part of the trigger and stays in t. The scaled rule subtracts ``alpha * v``
-      with ``alpha = max(1, cleansing_fraction * min_c d(v_tc) / d(v))``: ``min_c d(v_tc)`` is the smallest pattern
-      (in its best direction) that moves the clean images of the target class to any other class, so a pattern of
-      a fraction of that size in the backdoor's direction moves few clean target images while removing the trigger from
-      the poisoned ones, and 1/4 (``cleansing_fraction=0.25``) because a localised pattern subtracted from clean
-      target images that share its pixels flips more of them as alpha grows. ``cleansing="paper"`` is Eq. (12).
+      boundary long before the whole trigger is added), so ``x - v`` keeps part of the trigger and stays in t. The
+      scaled rule subtracts ``alpha * v`` with ``alpha = max(1, cleansing_fraction * min_c d(v_tc) / d(v))``:
+      ``min_c d(v_tc)`` is the smallest pattern (in its best direction) that moves the clean images of the target
+      class to any other class, so a pattern of a fraction of that size in the backdoor's direction moves few clean
+      target images while removing the trigger from the poisoned ones. The fraction is 1/4
+      (``cleansing_fraction=0.25``) rather than larger because a localised pattern subtracted from clean target images
+      that share its pixels flips more of them as alpha grows. ``cleansing="paper"`` is Eq. (12).
     * A cleansing sanity check (not in the paper). A poisoned image is a genuine image of its source class plus the
       trigger: once the pattern is subtracted, the model sees an ordinary source-class image and classifies it with
       the confidence typical of that class. A clean target-class image that the subtraction flips lands next to a
@@ -226,7 +227,8 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
                  ``norms``, ``pattern`` (the estimated backdoor pattern, in the input's layout, or ``None``),
                  ``patterns`` (all K x K estimates), ``converged``, ``not_converged`` (pairs that hit ``max_iter``),
                  ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``cleansing_scale`` (alpha),
-                 ``cleansing_reliable`` / ``cleansing_notes`` / ``relative_margin`` (the sanity check), ``nb_flagged`` and
+                 ``cleansing_reliable`` / ``cleansing_notes`` / ``relative_margin`` (the sanity check),
+                 ``nb_flagged`` and
                  ``seconds`` / ``seconds_estimation`` / ``seconds_inference`` / ``seconds_cleansing``.
         """
         # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
@@ -594,8 +596,8 @@ class ReverseEngineeringDefence(PoisonFilteringDefence):
             return out
         note = ""
         if n_kept < min_count:
-            note = (f"the cleansing removed {n_removed} of the {len(members)} images of class {target}, nearly the whole "
-                    "class: the subtracted pattern moves the class's clean images too")
+            note = (f"the cleansing removed {n_removed} of the {len(members)} images of class {target}, nearly the "
+                    "whole class: the subtracted pattern moves the class's clean images too")
         else:
             lo, hi = self._clip_values()
             batch = int(self.max_images_per_pass)
