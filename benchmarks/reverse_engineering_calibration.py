@@ -238,7 +238,8 @@ def main(argv=None) -> None:
     for width in ("compact", "wide"):
         sel = [r for r in rows if r["rule"] == "new" and r["width"] == width]
         if sel:
-            timing.append(f"{width}: median pattern estimation {np.median([r['seconds_estimation'] for r in sel]):.0f} s "
+            median = np.median([r["seconds_estimation"] for r in sel])
+            timing.append(f"{width}: median pattern estimation {median:.0f} s "
                           f"over {len(sel)} models, at a mean 1-minute load average of "
                           f"{np.mean([r['estimation_load'] for r in sel]):.1f} on the machine (measured under load "
                           "when above the core count)")
