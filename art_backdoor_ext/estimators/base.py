@@ -136,7 +136,10 @@ class FrameworkAdapter(abc.ABC):
                           complement: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """
         For one batch: ``log p_label(x)`` (shape ``(N,)``) and its gradient with respect to ``x`` (shape of ``x``),
-        in one forward/backward pass. Model outputs are treated as logits unless they already are probabilities.
+        in one forward/backward pass. Model outputs are treated as logits unless they already are probabilities; a
+        model whose output layer is a softmax (PyTorch ``nn.Softmax``; Keras ``Softmax``/``Activation("softmax")`` or
+        a ``Dense(..., activation="softmax")``) is differentiated through the logits that feed that softmax, so that
+        saturated float32 probabilities never flatten the gradients.
 
         :param complement: Optional boolean mask ``(N,)``: for the images where it is true, return
                            ``log(1 - p_label(x))`` and its gradient instead, computed stably as the log-sum of the
@@ -264,6 +267,15 @@ class FrameworkAdapter(abc.ABC):
     def set_learning_rate(self, learning_rate: float) -> None:
         """Set the learning rate of the classifier's optimizer (used by ``fit``)."""
         raise NotImplementedError
+
+    def _warn_saturated_probabilities(self) -> None:
+        """Log once per adapter that log-probabilities come from probabilities (no softmax layer to look through)."""
+        if not getattr(self, "_warned_probabilities", False):
+            self._warned_probabilities = True
+            logger.warning("%s outputs probabilities and its softmax is not a separate output layer: class "
+                           "log-probabilities are computed as log(max(p, 1e-12)), whose gradients vanish where p "
+                           "saturates in float32. Return logits, or end the model in a softmax layer, for reliable "
+                           "input gradients.", type(self.classifier).__name__)
 
     @staticmethod
     def _is_probability(out: np.ndarray) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -19,6 +19,7 @@ class KerasAdapter(FrameworkAdapter):
     def __init__(self, classifier) -> None:
         super().__init__(classifier)
         self._submodels = {}
+        self._final_softmax: Any = False  # not looked up yet
 
     @property
     def model(self):
@@ -59,11 +60,7 @@ class KerasAdapter(FrameworkAdapter):
         x_t = tf.convert_to_tensor(self._preprocess(x))
         with tf.GradientTape() as tape:
             tape.watch(x_t)
-            out = self.model(x_t, training=False)
-            if self._is_probability(out.numpy()):
-                logp = tf.math.log(tf.maximum(out, 1e-12))
-            else:
-                logp = tf.nn.log_softmax(out, axis=1)
+            logp = self._log_probs(x_t)
             picked = tf.gather(logp, tf.convert_to_tensor(np.asarray(labels, np.int32)), axis=1, batch_dims=1)
             if complement is not None and np.any(complement):
                 # log(1 - p_label) as the log-sum of the other classes' probabilities (stable when p_label -> 1)
@@ -74,6 +71,70 @@ class KerasAdapter(FrameworkAdapter):
         grad = tape.gradient(total, x_t).numpy()
         grad = self.classifier._apply_preprocessing_gradient(x, grad)  # pylint: disable=protected-access
         return picked.numpy(), grad
+
+    def final_softmax(self):
+        """
+        ``(pre_model, dense)`` when the model's output layer is a softmax over the last axis of a 2-D output, else
+        ``None``: ``pre_model`` maps the input to that layer's input; ``dense`` is the output layer when it is a
+        ``Dense(..., activation="softmax")`` (its logits are ``pre @ kernel + bias``), ``None`` for a ``Softmax`` or
+        ``Activation("softmax")`` layer (its input is the logits).
+        """
+        if self._final_softmax is not False:
+            return self._final_softmax
+        found = None
+        try:
+            found = self._find_final_softmax()
+        except (AttributeError, ValueError, TypeError, IndexError) as err:  # unusual graphs: fall back to the output
+            logger.debug("No separable final softmax found: %s", err)
+        self._final_softmax = found
+        return found
+
+    def _find_final_softmax(self):
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras = keras_module_of(self.model)
+        outputs = self.model.outputs
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            return None
+        last = self.model.layers[-1]
+        if last.output is not outputs[0]:
+            return None
+        kind = type(last).__name__
+        activation = getattr(getattr(last, "activation", None), "__name__", "")
+        if kind == "Softmax" and getattr(last, "axis", -1) in (-1, 1):
+            dense = None
+        elif kind == "Activation" and activation == "softmax":
+            dense = None
+        elif kind == "Dense" and activation == "softmax":
+            dense = last
+        else:
+            return None
+        return keras.Model(inputs=self.model.inputs, outputs=last.input), dense
+
+    def _log_probs(self, x_t):
+        """
+        Class log-probabilities ``(N, K)``, differentiable with respect to ``x_t`` (called inside a gradient tape).
+
+        A model whose output layer is a softmax gives ``log_softmax`` of the logits that feed it, so gradients never
+        pass through saturated float32 probabilities; other models' outputs are logits, or probabilities that cannot
+        be undone (logged once: their log-probabilities come from ``log(max(p, 1e-12))``).
+        """
+        import tensorflow as tf
+
+        final = self.final_softmax()
+        if final is not None:
+            pre_model, dense = final
+            logits = pre_model(x_t, training=False)
+            if dense is not None:
+                logits = tf.matmul(logits, dense.kernel)
+                if dense.use_bias:
+                    logits = logits + dense.bias
+            return tf.nn.log_softmax(logits, axis=1)
+        out = self.model(x_t, training=False)
+        if self._is_probability(out.numpy()):
+            self._warn_saturated_probabilities()
+            return tf.math.log(tf.maximum(out, 1e-12))
+        return tf.nn.log_softmax(out, axis=1)
 
     def clone(self, reset_weights: bool = False):
         from art_backdoor_ext.estimators.keras_pruning import keras_module_of

@@ -71,13 +71,7 @@ class PyTorchAdapter(FrameworkAdapter):
 
         self.model.eval()
         x_t = self._to_tensor(x).requires_grad_(True)
-        out = self.model(x_t)
-        if isinstance(out, (tuple, list)):
-            out = out[-1]
-        if self._is_probability(out.detach().cpu().numpy()):
-            logp = torch.log(out.clamp_min(1e-12))
-        else:
-            logp = torch.log_softmax(out, dim=1)
+        logp = self._log_probs(x_t)
         idx = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
         picked = logp.gather(1, idx[:, None])[:, 0]
         if complement is not None and np.any(complement):
@@ -90,6 +84,49 @@ class PyTorchAdapter(FrameworkAdapter):
         grad = grad.cpu().numpy()
         grad = self.classifier._apply_preprocessing_gradient(x, grad)  # pylint: disable=protected-access
         return picked.detach().cpu().numpy(), grad
+
+    def final_softmax(self):
+        """
+        The model's last ``torch.nn.Softmax`` module over the class axis, or ``None``. Whether it really is the output
+        layer is checked on every forward pass (:meth:`_log_probs`): the hook's output must be the model's output.
+        """
+        import torch
+
+        found = None
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Softmax) and module.dim in (None, 1, -1):
+                found = module
+        return found
+
+    def _log_probs(self, x_t):
+        """
+        Class log-probabilities ``(N, K)`` of one forward pass, differentiable with respect to ``x_t``.
+
+        A model that ends in an ``nn.Softmax`` module gives ``log_softmax`` of that module's *input* (the logits), so
+        that gradients never pass through saturated float32 probabilities (``log(p)`` of ``p == 1.0`` or of
+        ``p < 1e-38`` has zero gradient). Other models' outputs are logits, or probabilities from a functional softmax
+        that cannot be undone (logged once: their log-probabilities come from ``log(max(p, 1e-12))``).
+        """
+        import torch
+
+        final = self.final_softmax()
+        store = {}
+        handle = None
+        if final is not None:
+            handle = final.register_forward_hook(lambda _m, inp, out: store.update(inp=inp[0], out=out))
+        try:
+            out = self.model(x_t)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if isinstance(out, (tuple, list)):
+            out = out[-1]
+        if final is not None and store.get("out") is out and store["inp"].dim() == 2:
+            return torch.log_softmax(store["inp"], dim=1)
+        if self._is_probability(out.detach().cpu().numpy()):
+            self._warn_saturated_probabilities()
+            return torch.log(out.clamp_min(1e-12))
+        return torch.log_softmax(out, dim=1)
 
     def clone(self, reset_weights: bool = False):
         import torch

@@ -45,7 +45,14 @@ def _reverse_engineering(ctx: ScenarioContext, **kwargs: Any):
 
 @register_defence("re-paper")
 def _reverse_engineering_paper_rule(ctx: ScenarioContext, **kwargs: Any):
-    """The RE defence with the paper's detection rule (``normalize_sources=False``); other parameters as ``"re"``."""
+    """
+    The RE defence with the paper's detection rule and cleansing (``normalize_sources=False``: one Gamma null for all
+    reciprocal statistics; ``max_norm_ratio=None``: the test alone; ``cleansing="paper"``: Eq. 12; no sanity check);
+    other parameters as ``"re"``, and the patterns shared with an ``"re"`` row of the same estimation parameters.
+    """
     if "normalize_sources" in kwargs:
         raise ValueError("The 're-paper' row fixes normalize_sources=False; use the 're' row to choose it.")
+    kwargs.setdefault("max_norm_ratio", None)  # the test alone
+    kwargs.setdefault("cleansing", "paper")  # Eq. (12)
+    kwargs.setdefault("min_relative_margin", None)  # no sanity check
     return _run(ctx, normalize_sources=False, **kwargs)
