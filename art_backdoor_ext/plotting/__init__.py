@@ -1,6 +1,7 @@
 """
 Plots (matplotlib, loaded lazily): recovered patterns and reciprocal-statistic histograms, AEGIS cluster plots,
-cluster-impurity diagnostics, pruning curves. Each function returns a matplotlib ``Figure``.
+cluster-impurity diagnostics, pruning curves,
+adversarial-embedding losses and latent projections. Each function returns a matplotlib ``Figure``.
 """
 import importlib
 
@@ -13,6 +14,8 @@ _FUNCTIONS = {
     "plot_cluster_exemplars": "clusters",
     "plot_impurity": "impurity",
     "plot_pruning_curve": "pruning",
+    "plot_embedding_history": "embedding",
+    "plot_latent_projection": "embedding",
 }
 
 __all__ = list(_FUNCTIONS)
