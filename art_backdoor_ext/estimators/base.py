@@ -258,7 +258,9 @@ class FrameworkAdapter(abc.ABC):
 
         A step draws ``batch_size`` images of the whole set for the cross-entropy and, for the game, ``batch_size // 2``
         poisoned plus ``batch_size // 2`` reference images (with replacement): balanced, since poison is a small
-        fraction. One forward pass of the model serves both players. An epoch is ``len(x) // batch_size`` steps; the
+        fraction. One forward pass of the model serves both players, and the cross-entropy covers the game's images
+        too (with their training labels), so the backdoor is trained on as many poisoned images as the adversarial
+        term pulls on: without that the adversarial term erodes the backdoor. An epoch is ``len(x) // batch_size`` steps; the
         classifier gets a fresh Adam optimiser (``learning_rate``), ``D`` another (``learning_rate_d``). Random draws
         come from a local generator seeded with ``seed``; ``D``'s initial weights are seeded too.
 
@@ -285,8 +287,8 @@ class FrameworkAdapter(abc.ABC):
             raise ValueError(f"batch_size ({batch_size}) exceeds the {len(x)} training images.")
         rng = np.random.default_rng(seed)
         dim = int(self.get_features(x[:1], layer).shape[1])
-        if objective not in ("paper", "confusion"):
-            raise ValueError(f"objective must be 'paper' or 'confusion', got {objective!r}.")
+        if objective not in ("paper", "confusion", "flip"):
+            raise ValueError(f"objective must be 'paper', 'confusion' or 'flip', got {objective!r}.")
         session = self._embedding_session(layer, dim, learning_rate, learning_rate_d, seed, objective)
         half = max(1, batch_size // 2)
         b_d = np.concatenate([np.ones(half, np.float32), np.zeros(half, np.float32)])
@@ -302,7 +304,7 @@ class FrameworkAdapter(abc.ABC):
                 idx = order[s * batch_size:(s + 1) * batch_size]
                 d_idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
                 noise = (rng.standard_normal((int(d_steps) + 1, 2 * half, dim)) * sigma).astype(np.float32)
-                sums += session.step(x[idx], labels[idx], x[d_idx], b_d, noise, float(lam))
+                sums += session.step(x[idx], labels[idx], x[d_idx], labels[d_idx], b_d, noise, float(lam))
             ce, d_loss, adv, d_acc = sums / max(steps, 1)
             history["ce"].append(float(ce))
             history["d_loss"].append(float(d_loss))
@@ -333,7 +335,7 @@ class FrameworkAdapter(abc.ABC):
                            objective: str = "paper"):
         """
         The framework's half of :meth:`train_adversarial_embedding`: an object with
-        ``step(x_ce, y_ce, x_d, b_d, noise, lam) -> (ce, d_loss, adv, d_acc)`` (one alternating step) and
+        ``step(x_ce, y_ce, x_d, y_d, b_d, noise, lam) -> (ce, d_loss, adv, d_acc)`` (one alternating step) and
         ``predict(features) -> D's probabilities``.
         """
         raise NotImplementedError(f"Adversarial embedding is not implemented for {type(self).__name__}.")

@@ -236,7 +236,7 @@ class _KerasEmbeddingSession:
         self._probability = None
         self._step = tf.function(self._step_impl, reduce_retracing=True)
 
-    def _step_impl(self, x_ce, y_ce, x_d, b_d, noise, lam, probability):
+    def _step_impl(self, x_ce, y_all, x_d, b_d, noise, lam, probability):
         import tensorflow as tf
 
         n = tf.shape(x_ce)[0]
@@ -260,14 +260,16 @@ class _KerasEmbeddingSession:
                                                          tf.float32)))
             logits_adv = self.d(f_d + noise[-1], training=True)  # the classifier's turn: D's weights not updated
             adv = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(b, logits_adv))
-            logits = out[:n]
             if probability:
-                logp = tf.math.log(tf.maximum(logits, 1e-12))
+                logp = tf.math.log(tf.maximum(out, 1e-12))
             else:
-                logp = tf.nn.log_softmax(logits, axis=1)
-            ce = -tf.reduce_mean(tf.gather(logp, y_ce, axis=1, batch_dims=1))
-            if self.objective == "confusion":
+                logp = tf.nn.log_softmax(out, axis=1)
+            ce = -tf.reduce_mean(tf.gather(logp, y_all, axis=1, batch_dims=1))
+            if self.objective == "confusion":  # push D's output to 1/2 on every latent
                 loss = ce + lam * tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(0.5 + 0.0 * b, logits_adv))
+            elif self.objective == "flip":  # make the poisoned latents look clean to D (non-saturating)
+                flip = tf.nn.sigmoid_cross_entropy_with_logits(0.0 * b, logits_adv)
+                loss = ce + lam * tf.reduce_sum(flip * b) / tf.maximum(tf.reduce_sum(b), 1.0)
             else:
                 loss = ce - lam * adv
         variables = self.model.trainable_variables
@@ -275,7 +277,7 @@ class _KerasEmbeddingSession:
         self.opt.apply_gradients(zip(grads, variables))
         return ce, tf.reduce_mean(tf.stack(d_losses)), adv, tf.reduce_mean(tf.stack(d_accs))
 
-    def step(self, x_ce, y_ce, x_d, b_d, noise, lam):
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
         import tensorflow as tf
 
         x_ce = self.adapter._preprocess(x_ce)  # pylint: disable=protected-access
@@ -283,7 +285,8 @@ class _KerasEmbeddingSession:
         if self._probability is None:
             self._probability = self.adapter._is_probability(  # pylint: disable=protected-access
                 np.asarray(self.model(x_ce[:8], training=False)))
-        out = self._step(tf.constant(x_ce), tf.constant(np.asarray(y_ce, np.int32)), tf.constant(x_d),
+        y_all = np.concatenate([y_ce, y_d]).astype(np.int32)
+        out = self._step(tf.constant(x_ce), tf.constant(y_all), tf.constant(x_d),
                          tf.constant(b_d), tf.constant(noise), tf.constant(float(lam), tf.float32), self._probability)
         return np.array([float(v) for v in out])
 

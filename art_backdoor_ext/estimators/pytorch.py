@@ -248,7 +248,7 @@ class _TorchEmbeddingSession:
             out = out[-1]
         return out, store["out"].reshape(len(x), -1)
 
-    def step(self, x_ce, y_ce, x_d, b_d, noise, lam):
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
         import torch
 
         n = len(x_ce)
@@ -273,14 +273,17 @@ class _TorchEmbeddingSession:
         try:
             logits_adv = self.d(f_d + noise_t[-1])
             adv = self.bce(logits_adv, b)
-            logits = out[:n]
-            if self.adapter._is_probability(logits.detach().cpu().numpy()):  # pylint: disable=protected-access
-                logp = torch.log(logits.clamp_min(1e-12))
+            if self.adapter._is_probability(out.detach().cpu().numpy()):  # pylint: disable=protected-access
+                logp = torch.log(out.clamp_min(1e-12))
             else:
-                logp = torch.log_softmax(logits, dim=1)
-            ce = torch.nn.functional.nll_loss(logp, torch.as_tensor(y_ce, dtype=torch.long, device=logp.device))
+                logp = torch.log_softmax(out, dim=1)
+            y_all = np.concatenate([y_ce, y_d])
+            ce = torch.nn.functional.nll_loss(logp, torch.as_tensor(y_all, dtype=torch.long, device=logp.device))
             if self.objective == "confusion":  # push D's output to 1/2 on every latent
                 loss = ce + lam * self.bce(logits_adv, torch.full_like(b, 0.5))
+            elif self.objective == "flip":  # make the poisoned latents look clean to D (non-saturating)
+                poisoned = b[:, 0] > 0.5
+                loss = ce + lam * self.bce(logits_adv[poisoned], torch.zeros_like(b[poisoned]))
             else:  # Eq. 5: maximise D's loss
                 loss = ce - lam * adv
             self.opt.zero_grad()

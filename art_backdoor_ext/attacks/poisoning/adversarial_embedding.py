@@ -173,7 +173,7 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         check_number("noise_sigma", self.noise_sigma, 0)
         check_number("noise_decay", self.noise_decay, 1)
         check_choice("reference", self.reference, ("target", "all"))
-        check_choice("objective", self.objective, ("paper", "confusion"))
+        check_choice("objective", self.objective, ("paper", "confusion", "flip"))
         check_seed("seed", self.seed, allow_none=False)
         check_bool("verbose", self.verbose)
 
