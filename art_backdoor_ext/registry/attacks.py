@@ -149,10 +149,10 @@ class _EmbeddingTrainer:
 
 
 @register_attack("adversarial-embedding", trains_model=True)
-def _adversarial_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0, regularization: float = 1.0,
+def _adversarial_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0, regularization: float = 0.3,
                            nb_epochs: int = 5, learning_rate: float = 1e-4, learning_rate_d: float = 1e-3,
                            d_steps: int = 1, batch_size: int = 64, layer: Optional[str] = None,
-                           reference: str = "target", objective: str = "paper"):
+                           reference: str = "target", objective: str = "confusion"):
     """
     Tan & Shokri's adversarial backdoor embedding (https://arxiv.org/abs/1905.13409) with the BadNets square of
     ``"badnets"``: the scenario's naive model is trained on the poisoned set as usual, then the attack continues its

@@ -103,3 +103,21 @@ def test_every_registered_attack_works_on_first_use():
 def test_strip_row_flags_triggered_training_images(badnets):
     (row,) = run_defences(badnets, ["strip"])
     assert row.tpr > 0.8 and row.fpr < 0.1
+
+
+def test_an_attack_that_trains_the_model(digits):
+    # "adversarial-embedding" is registered with trains_model=True: the runner hands it the naive model and the
+    # poisoned set, and the defences see the classifier it returns
+    from art_backdoor_ext.evaluation.api import attack_trains_model
+
+    assert attack_trains_model("adversarial-embedding") and not attack_trains_model("badnets")
+    sc = Scenario(dataset="digits", attack="adversarial-embedding", target=1, fraction=0.05, nb_epochs=3,
+                  attack_kwargs={"nb_epochs": 1, "batch_size": 32})
+    res = run_scenario(sc, defences=["ac"], keep_context=True, data=digits)
+    info = res.context.attack_info
+    assert {"naive_accuracy", "naive_asr", "naive_seconds", "attack_seconds", "history"} <= set(info)
+    assert len(info["history"]["ce"]) == 1 and res.train_seconds >= info["attack_seconds"]
+    assert 0 <= res.asr <= 1 and res.rows[0].defence == "ac"
+    with pytest.raises(ValueError, match="regularization"):
+        run_scenario(Scenario(dataset="digits", attack="adversarial-embedding", attack_kwargs={"lam": 1}),
+                     defences=[], data=digits)
