@@ -237,7 +237,7 @@ class FrameworkAdapter(abc.ABC):
     def _is_probability(out: np.ndarray) -> bool:
         return bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
-    # ----------------------------------------------------------------------------------------------- adversarial embedding
+    # ------------------------------------------------------------------------------------------ adversarial embedding
     def train_adversarial_embedding(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray,
                                     reference: np.ndarray, layer: Optional[str] = None, lam: float = 1.0,
                                     nb_epochs: int = 5, batch_size: int = 64, learning_rate: float = 1e-4,
@@ -251,16 +251,18 @@ class FrameworkAdapter(abc.ABC):
         norm after each hidden layer) reads the flattened activations of ``layer`` and learns to tell poisoned images
         (``is_poison``) from clean reference images (``reference``). Every step alternates the two players on one
         mini-batch: ``d_steps`` updates of ``D`` on its binary cross-entropy (``L_D``, Eq. 6) with Gaussian noise of
-        standard deviation ``sigma`` added to its input, then one update of the classifier on ``CE - lam * L_D``
-        (Eq. 5) with ``D`` frozen; with ``objective="confusion"`` the classifier instead minimises
-        ``CE + lam * BCE(D(H(x)), 1/2)``, pulling ``D``'s output to 1/2 on every latent (bounded, and its gradient does
-        not vanish when ``D`` is confidently right, unlike ``-L_D``). ``sigma`` starts at ``noise_sigma`` and is divided by ``noise_decay`` each epoch.
+        standard deviation ``sigma`` added to its input, then one update of the classifier on ``CE - lam * L_D`` (Eq. 5)
+        with ``D`` frozen. With ``objective="confusion"`` the classifier minimises ``CE + lam * BCE(D(H(x)), 1/2)``
+        instead, pulling ``D``'s output to 1/2 on the game's images (bounded, and its gradient does not vanish when
+        ``D`` is confidently right, unlike ``-L_D``'s); with ``objective="flip"``, ``CE + lam * BCE(D(H(x_b)), 0)`` on
+        the poisoned images only (the non-saturating GAN generator loss). ``sigma`` starts at ``noise_sigma`` and is
+        divided by ``noise_decay`` each epoch.
 
         A step draws ``batch_size`` images of the whole set for the cross-entropy and, for the game, ``batch_size // 2``
         poisoned plus ``batch_size // 2`` reference images (with replacement): balanced, since poison is a small
-        fraction. One forward pass of the model serves both players, and the cross-entropy covers the game's images
-        too (with their training labels), so the backdoor is trained on as many poisoned images as the adversarial
-        term pulls on: without that the adversarial term erodes the backdoor. An epoch is ``len(x) // batch_size`` steps; the
+        fraction. One forward pass of the model serves both players, and the cross-entropy covers the game's images too
+        (with their training labels), so the backdoor is trained on as many poisoned images as the adversarial term
+        pulls on: without that the adversarial term erodes the backdoor. An epoch is ``len(x) // batch_size`` steps; the
         classifier gets a fresh Adam optimiser (``learning_rate``), ``D`` another (``learning_rate_d``). Random draws
         come from a local generator seeded with ``seed``; ``D``'s initial weights are seeded too.
 

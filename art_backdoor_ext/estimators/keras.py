@@ -202,7 +202,7 @@ class KerasAdapter(FrameworkAdapter):
         except (AttributeError, TypeError, ValueError):
             optimizer.learning_rate.assign(float(learning_rate))
 
-    # ----------------------------------------------------------------------------------------------- adversarial embedding
+    # ------------------------------------------------------------------------------------------ adversarial embedding
     def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
                            objective: str = "paper"):
         return _KerasEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)

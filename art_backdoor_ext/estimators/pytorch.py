@@ -209,7 +209,7 @@ class PyTorchAdapter(FrameworkAdapter):
         for group in optimizer.param_groups:
             group["lr"] = float(learning_rate)
 
-    # ----------------------------------------------------------------------------------------------- adversarial embedding
+    # ------------------------------------------------------------------------------------------ adversarial embedding
     def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
                            objective: str = "paper"):
         return _TorchEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)

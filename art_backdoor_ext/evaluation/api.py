@@ -30,7 +30,8 @@ from art_backdoor_ext.metrics import DefenceResult, attack_success_rate
 
 __all__ = [
     "ATTACKS", "DEFENCES", "AttackContext", "Scenario", "ScenarioContext", "ScenarioResult", "DefenceSpec",
-    "register_attack", "register_defence", "get_attack", "attack_trains_model", "MODEL_TRAINING_ATTACKS", "get_defence", "as_trigger", "format_value", "format_table",
+    "register_attack", "register_defence", "get_attack", "attack_trains_model", "MODEL_TRAINING_ATTACKS",
+    "get_defence", "as_trigger", "format_value", "format_table",
     "save_results", "load_results",
 ]
 
