@@ -273,7 +273,7 @@ class FrameworkAdapter(abc.ABC):
         :param validation: Optional ``(x_val, is_poison_val)``: ``D``'s balanced accuracy on these held-out images'
                            latents is recorded after each epoch (``val_d_acc``).
         :return: Per-epoch history: ``ce``, ``d_loss`` (``D``'s own BCE), ``adv`` (``L_D`` in the classifier's step),
-                 ``loss`` (``ce - lam * adv``), ``d_acc`` (``D``'s training accuracy), ``val_d_acc``, ``sigma``,
+                 ``loss`` (the classifier's objective), ``d_acc`` (``D``'s training accuracy), ``val_d_acc``, ``sigma``,
                  ``seconds``.
         """
         import time
@@ -301,17 +301,17 @@ class FrameworkAdapter(abc.ABC):
         for epoch in range(int(nb_epochs)):
             start = time.perf_counter()
             order = rng.permutation(len(x))
-            sums = np.zeros(4)
+            sums = np.zeros(5)
             for s in range(steps):
                 idx = order[s * batch_size:(s + 1) * batch_size]
                 d_idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
                 noise = (rng.standard_normal((int(d_steps) + 1, 2 * half, dim)) * sigma).astype(np.float32)
                 sums += session.step(x[idx], labels[idx], x[d_idx], labels[d_idx], b_d, noise, float(lam))
-            ce, d_loss, adv, d_acc = sums / max(steps, 1)
+            ce, d_loss, adv, d_acc, loss = sums / max(steps, 1)
             history["ce"].append(float(ce))
             history["d_loss"].append(float(d_loss))
             history["adv"].append(float(adv))
-            history["loss"].append(float(ce - lam * adv))
+            history["loss"].append(float(loss))
             history["d_acc"].append(float(d_acc))
             history["sigma"].append(sigma)
             val = float("nan")
@@ -337,7 +337,7 @@ class FrameworkAdapter(abc.ABC):
                            objective: str = "paper"):
         """
         The framework's half of :meth:`train_adversarial_embedding`: an object with
-        ``step(x_ce, y_ce, x_d, y_d, b_d, noise, lam) -> (ce, d_loss, adv, d_acc)`` (one alternating step) and
+        ``step(x_ce, y_ce, x_d, y_d, b_d, noise, lam) -> (ce, d_loss, adv, d_acc, loss)`` (one alternating step) and
         ``predict(features) -> D's probabilities``.
         """
         raise NotImplementedError(f"Adversarial embedding is not implemented for {type(self).__name__}.")

@@ -275,7 +275,7 @@ class _KerasEmbeddingSession:
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
         self.opt.apply_gradients(zip(grads, variables))
-        return ce, tf.reduce_mean(tf.stack(d_losses)), adv, tf.reduce_mean(tf.stack(d_accs))
+        return ce, tf.reduce_mean(tf.stack(d_losses)), adv, tf.reduce_mean(tf.stack(d_accs)), loss
 
     def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
         import tensorflow as tf

@@ -294,7 +294,7 @@ class _TorchEmbeddingSession:
                 p.requires_grad_(True)
             self.model.train(was_training)
         return np.array([float(ce.detach()), np.mean(d_losses) if d_losses else np.nan, float(adv.detach()),
-                         np.mean(d_accs) if d_accs else np.nan])
+                         np.mean(d_accs) if d_accs else np.nan, float(loss.detach())])
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         import torch

@@ -9,7 +9,7 @@ import numpy as np
 def plot_embedding_history(history: Dict[str, List[float]], title: str = "Adversarial embedding"):
     """
     The game's losses per epoch (the paper's Figure 5): the classifier's cross-entropy, the discriminator's loss
-    ``L_D`` and the classifier's total loss, with ``D``'s training and held-out accuracy on a second axis.
+    ``L_D`` and the objective the classifier minimised, with ``D``'s training and held-out accuracy on a second axis.
 
     :param history: ``AdversarialBackdoorEmbedding.history_``.
     """
@@ -19,9 +19,10 @@ def plot_embedding_history(history: Dict[str, List[float]], title: str = "Advers
         raise ValueError("history is empty: run the attack first.")
     epochs = np.arange(1, len(history["ce"]) + 1)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, label in (("ce", "classifier CE"), ("d_loss", "discriminator $L_D$"), ("loss", "classifier total")):
+    for key, label in (("ce", "classifier CE"), ("d_loss", "discriminator $L_D$"), ("loss", "classifier objective")):
         ax.plot(epochs, history[key], marker="o", label=label)
     ax.set_xlabel("epoch")
+    ax.set_xticks(epochs)
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -31,6 +32,7 @@ def plot_embedding_history(history: Dict[str, List[float]], title: str = "Advers
     ax2.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax2.set_ylim(0.4, 1.02)
     ax2.set_xlabel("epoch")
+    ax2.set_xticks(epochs)
     ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -122,3 +122,22 @@ def test_embed_rejects_a_set_without_poison():
     x = np.zeros((8, 1, 28, 28), np.float32)
     with pytest.raises(ValueError, match="is_poison"):
         attack.embed(x, np.full(8, TARGET), np.zeros(8, bool))
+
+
+def test_plots(keras_run):
+    import matplotlib.pyplot as plt
+
+    from art_backdoor_ext.plotting import plot_embedding_history, plot_latent_projection
+
+    attack = keras_run["attack"]
+    fig = plot_embedding_history(attack.history_)
+    assert len(fig.axes) == 2
+    x_p, y_p, is_poison = attack.get_training_data()
+    mask = y_p == TARGET
+    feats = [(name, get_adapter(m).get_features(x_p[mask])) for name, m in
+             (("naive", attack.naive_classifier_), ("embedded", keras_run["embedded"]))]
+    fig2 = plot_latent_projection(feats, is_poison[mask])
+    assert len(fig2.axes) == 2
+    plt.close("all")
+    with pytest.raises(ValueError, match="empty"):
+        plot_embedding_history({})
