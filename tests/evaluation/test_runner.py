@@ -108,7 +108,7 @@ def test_strip_row_flags_triggered_training_images(badnets):
 def test_an_attack_that_trains_the_model(digits):
     # "adversarial-embedding" is registered with trains_model=True: the runner hands it the naive model and the
     # poisoned set, and the defences see the classifier it returns
-    from art_backdoor_ext.evaluation.api import attack_trains_model
+    from art_backdoor_ext.evaluation import attack_trains_model
 
     assert attack_trains_model("adversarial-embedding") and not attack_trains_model("badnets")
     sc = Scenario(dataset="digits", attack="adversarial-embedding", target=1, fraction=0.05, nb_epochs=3,
