@@ -62,9 +62,6 @@ from art_backdoor_ext.utils import (
 
 logger = logging.getLogger(__name__)
 
-PAPER = "https://arxiv.org/abs/1905.13409"
-
-
 def apply_trigger(trigger, x: np.ndarray, target: int, nb_classes: int) -> np.ndarray:
     """Run a trigger ``f(x) -> x`` or an ART backdoor attack (its ``poison``) on a copy of ``x``."""
     x = np.array(x, dtype=np.float32, copy=True)
@@ -88,6 +85,8 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
     :ivar naive_classifier_: A copy of the naive backdoored model after pretraining (None when ``pretrain_epochs``
                              is 0).
     :ivar seconds_: ``{"pretrain": ..., "embedding": ...}`` wall-clock seconds.
+    :ivar discriminator_: The trained discriminator (framework object with ``predict(features)``); see
+                          :meth:`discriminator_accuracy`.
     """
 
     attack_params = PoisoningAttackTransformer.attack_params + [
@@ -156,6 +155,7 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         self.history_: Dict[str, List[float]] = {}
         self.naive_classifier_ = None
         self.seconds_: Dict[str, float] = {}
+        self.discriminator_ = None
         self._training_data: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
         self._check_params()
 
@@ -293,7 +293,7 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
 
     def discriminator_accuracy(self, classifier, x: np.ndarray, is_poison: np.ndarray) -> float:
         """``D``'s balanced accuracy on the latents of ``x`` under ``classifier`` (after :meth:`embed`)."""
-        if getattr(self, "discriminator_", None) is None:
+        if self.discriminator_ is None:
             raise ValueError("Run poison_estimator or embed first.")
         adapter = get_adapter(classifier)
         layer = adapter.resolve_layer(self.layer)
