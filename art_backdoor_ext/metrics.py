@@ -17,20 +17,22 @@ import numpy as np
 from art_backdoor_ext.utils import as_class_list, to_labels
 
 
-def _predict_labels(classifier, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def _adapter(classifier):
     from art_backdoor_ext.estimators import get_adapter
 
-    return get_adapter(classifier).predict_labels(x, batch_size=batch_size)
+    return get_adapter(classifier)
 
 
 def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     """Clean accuracy of an ART classifier on ``(x, y)`` (integer or one-hot labels)."""
-    labels = to_labels(y)
+    adapter = _adapter(classifier)
+    labels = to_labels(y, adapter.nb_classes)
     if len(x) != len(labels):
         raise ValueError(f"x has {len(x)} images but y has {len(labels)} labels.")
     if len(labels) == 0:
         raise ValueError("Cannot compute accuracy on an empty set.")
-    return float(np.mean(_predict_labels(classifier, x, batch_size) == labels))
+    x = adapter.check_input(x, "x")
+    return float(np.mean(adapter.predict_labels(x, batch_size) == labels))
 
 
 def attack_success_rate(
@@ -48,16 +50,25 @@ def attack_success_rate(
     :param trigger: ``f(x) -> x`` adding the trigger (a perturbation function, or an attack's ``poison``-like callable).
     :param sources: Source classes (``None``: every class but the target). Images of the target class never count.
     """
-    labels = to_labels(y)
+    adapter = _adapter(classifier)
+    nb_classes = adapter.nb_classes
+    labels = to_labels(y, nb_classes)
     if len(x) != len(labels):
         raise ValueError(f"x has {len(x)} images but y has {len(labels)} labels.")
-    nb_classes = int(max(labels.max() + 1, target + 1)) if len(labels) else target + 1
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)) \
+            or not 0 <= target < nb_classes:
+        raise ValueError(f"target must be a class index in [0, {nb_classes}), got {target!r}.")
+    if not callable(trigger):
+        raise ValueError(f"trigger must be a callable f(x) -> x, got {type(trigger).__name__}.")
     sources = as_class_list(sources, nb_classes, exclude=target)
     mask = np.isin(labels, sources) & (labels != target)
     if not mask.any():
         raise ValueError(f"No test images of the source classes {sources}.")
-    x_triggered = trigger(np.array(x[mask], copy=True))
-    return float(np.mean(_predict_labels(classifier, x_triggered, batch_size) == target))
+    x = adapter.check_input(x, "x")
+    x_triggered = adapter.check_input(trigger(np.array(x[mask], copy=True)), "trigger(x)")
+    if x_triggered.shape != x[mask].shape:
+        raise ValueError(f"trigger(x) changed the batch's shape from {x[mask].shape} to {x_triggered.shape}.")
+    return float(np.mean(adapter.predict_labels(x_triggered, batch_size) == target))
 
 
 @dataclasses.dataclass
@@ -80,14 +91,20 @@ def filtering_rates(is_clean: Sequence[int], is_poison: Sequence[bool], y: np.nd
     :param y: Labels of the (poisoned) training set, integer or one-hot; used for the target-class FPR.
     :param target: Target class; ``None`` gives ``nan`` for the target-class FPR.
     """
-    is_clean = np.asarray(is_clean).astype(int)
-    is_poison = np.asarray(is_poison).astype(bool)
+    is_clean = np.asarray(is_clean)
+    is_poison = np.asarray(is_poison)
     labels = to_labels(y)
-    if not (len(is_clean) == len(is_poison) == len(labels)):
-        raise ValueError(f"is_clean ({len(is_clean)}), is_poison ({len(is_poison)}) and y ({len(labels)}) "
-                         "must have the same length.")
+    if not (is_clean.ndim == is_poison.ndim == 1) or not (len(is_clean) == len(is_poison) == len(labels)):
+        raise ValueError(f"is_clean ({is_clean.shape}), is_poison ({is_poison.shape}) and y ({len(labels)}) must be "
+                         "1-D with one entry per training image.")
     if not np.isin(is_clean, (0, 1)).all():
         raise ValueError("is_clean must contain only 0 (flagged) and 1 (clean).")
+    if not np.isin(is_poison, (0, 1)).all():
+        raise ValueError("is_poison must contain only booleans (or 0/1).")
+    if target is not None and (isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer))
+                               or target < 0):
+        raise ValueError(f"target must be None or a class index >= 0, got {target!r}.")
+    is_clean, is_poison = is_clean.astype(int), is_poison.astype(bool)
     flagged = is_clean == 0
 
     def rate(num_mask: np.ndarray, den_mask: np.ndarray) -> float:

@@ -16,12 +16,14 @@ Robust training follows the AEGIS paper (Madry et al., L2 PGD, eps 0.5): https:/
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Optional, Sequence, Tuple
+import random
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.utils import check_xy
+from art_backdoor_ext.utils import check_seed, check_xy
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +150,38 @@ def make_classifier(
     :param nb_epochs: Training epochs.
     :param batch_size: Training batch size.
     :param learning_rate: Adam learning rate.
-    :param seed: Seed for weights and data order.
+    :param seed: Seed for weights and data order (a non-negative integer). The global generators this seeds (numpy,
+                 Python's ``random``, torch's) are restored afterwards: the caller's random state is untouched.
     :param verbose: Show training progress.
     """
+    check_seed("seed", seed, allow_none=False)
+    with _global_random_state_kept(framework):
+        return _make_classifier(framework, input_shape, nb_classes, width, x_train, y_train, nb_epochs, batch_size,
+                                learning_rate, seed, verbose)
+
+
+@contextlib.contextmanager
+def _global_random_state_kept(framework: str) -> Iterator[None]:
+    """Restore numpy's, Python's and (for PyTorch) torch's global generators after the block."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    torch_state = None
+    if framework == "pytorch":
+        import torch
+
+        torch_state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if torch_state is not None:
+            import torch
+
+            torch.set_rng_state(torch_state)
+
+
+def _make_classifier(framework, input_shape, nb_classes, width, x_train, y_train, nb_epochs, batch_size, learning_rate,
+                     seed, verbose):
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}.")
     if nb_classes < 2:
@@ -184,7 +215,7 @@ def make_classifier(
             nb_classes=nb_classes,
             clip_values=(0.0, 1.0),
             channels_first=True,
-            device_type="cpu",
+            device_type="gpu",  # ART uses CUDA when present and falls back to the CPU
         )
     else:
         from art_backdoor_ext.estimators import load_torch_before_tensorflow
@@ -234,20 +265,28 @@ def train_robust(
     :param nb_epochs: Epochs.
     :param batch_size: Batch size.
     :param ratio: Fraction of each batch replaced by adversarial examples (1.0 = Madry et al.).
-    :param seed: Seed for the data order and PGD's random start.
+    :param seed: Seed for the data order and PGD's random start; the caller's global random state is restored.
     :param verbose: Progress bar over epochs.
     :return: The classifier.
     """
-    from art.attacks.evasion import ProjectedGradientDescent
-    from art.defences.trainer import AdversarialTrainer
-
     from art_backdoor_ext.estimators import get_adapter
 
     if eps <= 0 or eps_step <= 0 or max_iter < 1 or nb_epochs < 1 or not 0 < ratio <= 1:
         raise ValueError("eps and eps_step must be > 0, max_iter and nb_epochs >= 1, ratio in (0, 1].")
     adapter = get_adapter(classifier)
     x, labels = check_xy(x, y, adapter.nb_classes)
-    np.random.seed(seed)
+    check_seed("seed", seed, allow_none=False)
+    # seeds numpy's and the framework's global generators (ART's data order, the data loader's shuffle) and restores
+    # them afterwards
+    with adapter.seeded(seed):
+        _adversarial_training(classifier, adapter, x, labels, eps, eps_step, max_iter, nb_epochs, batch_size, ratio)
+    return classifier
+
+
+def _adversarial_training(classifier, adapter, x, labels, eps, eps_step, max_iter, nb_epochs, batch_size, ratio):
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.defences.trainer import AdversarialTrainer
+
     pgd = ProjectedGradientDescent(
         classifier, norm=2, eps=eps, eps_step=eps_step, max_iter=max_iter, num_random_init=0, batch_size=batch_size,
         verbose=False,
@@ -256,4 +295,3 @@ def train_robust(
     logger.info("L2 PGD adversarial training: eps=%.2f, %d steps, %d epochs.", eps, max_iter, nb_epochs)
     # ART's AdversarialTrainer shows its own epoch bar and passes verbose=0 to the classifier itself
     trainer.fit(x, adapter._fit_labels(labels), nb_epochs=nb_epochs, batch_size=batch_size)  # pylint: disable=W0212
-    return classifier

@@ -52,12 +52,33 @@ def check_images(x: np.ndarray, name: str = "x", min_ndim: int = 3) -> np.ndarra
     return x.astype(np.float32, copy=False)
 
 
-def check_xy(x: np.ndarray, y: np.ndarray, nb_classes: Optional[int] = None) -> tuple:
+def check_range(x: np.ndarray, low: float = 0.0, high: float = 1.0, name: str = "x") -> None:
+    """
+    ``ValueError`` naming ``x`` when its values leave ``[low, high]``, with the fix when the data look like 8-bit
+    (0-255) or [-1, 1] images given to a model that expects [0, 1].
+    """
+    if x.size == 0:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    tol = 1e-6 * max(1.0, abs(high - low))
+    if lo >= low - tol and hi <= high + tol:
+        return
+    hint = ""
+    if high <= 1.0 + tol and 1.5 < hi <= 255.0 + tol and lo >= -tol:
+        hint = " They look like 8-bit images (0-255): scale your images to [0, 1] first (x / 255)."
+    elif low >= -tol and lo >= -1.0 - tol and lo < -tol and hi <= 1.0 + tol:
+        hint = " They look like images in [-1, 1]: map them to [0, 1] first ((x + 1) / 2)."
+    raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but must lie in [{low:g}, {high:g}] (the classifier's "
+                     f"clip_values).{hint}")
+
+
+def check_xy(x: np.ndarray, y: np.ndarray, nb_classes: Optional[int] = None, x_name: str = "x",
+             y_name: str = "y") -> tuple:
     """Validate images and labels together: same length, labels valid. Returns ``(x, labels)``."""
-    x = check_images(x)
-    labels = to_labels(y, nb_classes)
+    x = check_images(x, x_name)
+    labels = to_labels(y, nb_classes, name=y_name)
     if len(x) != len(labels):
-        raise ValueError(f"x has {len(x)} images but y has {len(labels)} labels.")
+        raise ValueError(f"{x_name} has {len(x)} images but {y_name} has {len(labels)} labels.")
     return x, labels
 
 
@@ -197,3 +218,11 @@ def check_layer_name(name: str, value) -> Optional[str]:
         raise ValueError(f"{name} must be a layer name (str) or None for the default layer, got {value!r}; layer "
                          "indices are unreliable in ART.")
     return value
+
+
+def wilson_half_width(p: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the Wilson score interval (95% for ``z=1.96``) of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        return float("inf")
+    denom = 1.0 + z * z / n
+    return float(z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom)

@@ -8,7 +8,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.utils import batches, to_labels
+from art_backdoor_ext.utils import batches, check_images, check_range, to_labels
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,38 @@ class FrameworkAdapter(abc.ABC):
         if layer not in self.layer_names:
             raise ValueError(f"Unknown layer {layer!r}; the model's layers are: {', '.join(self.layer_names)}.")
         return layer
+
+    # ----------------------------------------------------------------------------------------------- validation
+    @property
+    def clip_values(self) -> Tuple[float, float]:
+        """The classifier's input range (ART's ``clip_values``; (0, 1) when it declares none)."""
+        clip = getattr(self.classifier, "clip_values", None)
+        if clip is None:
+            return 0.0, 1.0
+        return float(np.min(clip[0])), float(np.max(clip[1]))
+
+    def check_input(self, x: np.ndarray, name: str = "x") -> np.ndarray:
+        """
+        Validate a batch of images for this classifier and return it as float32 (not copied when it already is):
+        numeric and finite, one image's shape equal to the classifier's ``input_shape`` (with the transpose to apply
+        when the batch is in the other layout), values inside the classifier's ``clip_values``.
+
+        :raises ValueError: Naming ``name`` and what to do.
+        """
+        x = check_images(x, name)
+        expected = self.input_shape
+        if tuple(x.shape[1:]) != expected:
+            msg = f"{name} holds images of shape {tuple(x.shape[1:])} but the classifier expects {expected}"
+            if x.ndim == 4 and len(expected) == 3:
+                if tuple(x.shape[1:]) == (expected[1], expected[2], expected[0]):
+                    msg += (" (channels-first, ART's layout for PyTorch models); your batch is channels-last: "
+                            "transpose it with np.transpose(x, (0, 3, 1, 2))")
+                elif tuple(x.shape[1:]) == (expected[2], expected[0], expected[1]):
+                    msg += (" (channels-last, ART's layout for Keras models); your batch is channels-first: "
+                            "transpose it with np.transpose(x, (0, 2, 3, 1))")
+            raise ValueError(msg + ".")
+        check_range(x, *self.clip_values, name=name)
+        return x
 
     # ----------------------------------------------------------------------------------------------- computation
     @abc.abstractmethod
@@ -236,6 +268,26 @@ class FrameworkAdapter(abc.ABC):
     @staticmethod
     def _is_probability(out: np.ndarray) -> bool:
         return bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+    # ----------------------------------------------------------------------------------------------- weights on disk
+    weights_suffix: str = ""
+    """File name ending :meth:`save_weights` needs (``".pt"``, ``".keras"``)."""
+
+    def save_weights(self, path: str) -> None:
+        """
+        Write the model's weights to ``path`` (ending in :attr:`weights_suffix`) in a format that loads without
+        unpickling code (a PyTorch state dict, a Keras ``.keras`` file). Callers that need an atomic write pass a
+        temporary path and rename it.
+        """
+        raise NotImplementedError(f"Saving weights is not available for {type(self.classifier).__name__}.")
+
+    def load_weights(self, path: str) -> None:
+        """
+        Load weights written by :meth:`save_weights` into the wrapped model, in place, on the classifier's device. The
+        model must have the same architecture; nothing in the file is unpickled (``torch.load(weights_only=True)``,
+        Keras ``safe_mode=True``).
+        """
+        raise NotImplementedError(f"Loading weights is not available for {type(self.classifier).__name__}.")
 
     # ------------------------------------------------------------------------------------------ adversarial embedding
     def train_adversarial_embedding(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray,

@@ -202,6 +202,24 @@ class KerasAdapter(FrameworkAdapter):
         except (AttributeError, TypeError, ValueError):
             optimizer.learning_rate.assign(float(learning_rate))
 
+    # ----------------------------------------------------------------------------------------------- weights on disk
+    weights_suffix = ".keras"
+
+    def save_weights(self, path: str) -> None:
+        """The model as a ``.keras`` archive (architecture config and weights; no pickled code)."""
+        self.model.save(path)
+
+    def load_weights(self, path: str) -> None:
+        """
+        Read a ``.keras`` archive with ``load_model(safe_mode=True, compile=False)`` (no lambda or pickled code is
+        deserialised, the loss is not rebuilt) and copy its weights into the wrapped model, which keeps its optimizer.
+        """
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras = keras_module_of(self.model)
+        loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+        self.model.set_weights(loaded.get_weights())
+
     # ------------------------------------------------------------------------------------------ adversarial embedding
     def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
                            objective: str = "paper"):

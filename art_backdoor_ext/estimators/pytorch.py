@@ -209,6 +209,24 @@ class PyTorchAdapter(FrameworkAdapter):
         for group in optimizer.param_groups:
             group["lr"] = float(learning_rate)
 
+    # ----------------------------------------------------------------------------------------------- weights on disk
+    weights_suffix = ".pt"
+
+    def save_weights(self, path: str) -> None:
+        """The model's ``state_dict`` (tensors moved to the CPU) through ``torch.save``."""
+        import torch
+
+        torch.save({name: t.detach().cpu() for name, t in self.model.state_dict().items()}, path)
+
+    def load_weights(self, path: str) -> None:
+        """``torch.load(path, weights_only=True)`` (tensors only, no pickled code) mapped to the classifier's device."""
+        import torch
+
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} does not hold a state dict.")
+        self.model.load_state_dict(state)
+
     # ------------------------------------------------------------------------------------------ adversarial embedding
     def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
                            objective: str = "paper"):

@@ -21,6 +21,7 @@ from art_backdoor_ext.registry import (  # noqa: F401  pylint: disable=unused-im
     attacks,
     cluster_impurity,
     fine_pruning,
+    neural_cleanse,
     reverse_engineering,
     strip,
 )
@@ -38,7 +39,7 @@ from art_backdoor_ext.evaluation.api import (
 )
 from art_backdoor_ext.layout import framework_channels_first
 from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates
-from art_backdoor_ext.utils import as_class_list
+from art_backdoor_ext.utils import as_class_list, check_choice, check_int, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,14 @@ def check_scenario(scenario: Scenario) -> None:
     """Validate what can be checked before any data is loaded or model trained; ``ValueError`` naming the field."""
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario must be a Scenario, got {type(scenario).__name__}.")
+    from art_backdoor_ext.models import WIDTHS
+
     framework_channels_first(scenario.framework)  # raises for an unknown framework
+    check_choice("Scenario.width", scenario.width, tuple(WIDTHS))
+    check_seed("Scenario.seed", scenario.seed, allow_none=False)
+    check_int("Scenario.batch_size", scenario.batch_size, low=1)
+    if scenario.poisoned:
+        check_int("Scenario.target", scenario.target, low=0)
     if scenario.poisoned:
         check_kwargs(get_attack(scenario.attack), scenario.attack_kwargs, f"attack {scenario.attack!r}")
         if scenario.fraction is not None and not 0 < float(scenario.fraction) < 1:
@@ -69,16 +77,24 @@ def check_scenario(scenario: Scenario) -> None:
         raise ValueError(f"Scenario.nb_epochs must be an integer >= 0, got {scenario.nb_epochs!r}.")
 
 
-def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None) -> ScenarioContext:
+def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None, store=None) -> ScenarioContext:
     """
     Load the data, build the attack, poison the training set, train the model (robustly if asked), and measure its
     clean accuracy and ASR.
 
     :param data: Optional ``((x_train, y_train), (x_test, y_test))`` to use instead of ``scenario.dataset``, in the
                  scenario framework's layout.
+    :param store: Optional cache of poisoned training sets and trained models, keyed by the scenario's settings (e.g.
+                  :class:`art_backdoor_ext.grid.GridCache`): an object with ``poisoned(scenario, compute)`` returning
+                  ``(x, y, is_poison)`` and ``model(ctx, compute)`` returning ``(classifier, train_seconds)``, each
+                  calling ``compute()`` when it holds no valid entry. It cannot be combined with ``data``, which its
+                  keys would not describe.
     """
     sc = scenario
     check_scenario(sc)
+    if store is not None and data is not None:
+        raise ValueError("store= caches by the scenario's settings and cannot be combined with data=; give the "
+                         "dataset by name.")
     channels_first = framework_channels_first(sc.framework)
     (x_train, y_train), (x_test, y_test) = data if data is not None else _load(sc.dataset, channels_first, sc.seed)
     nb_classes = int(max(y_train.max(), y_test.max()) + 1)
@@ -96,20 +112,29 @@ def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None) -> Sc
             trainer, attack = attack, attack.trigger
         ctx.trigger = as_trigger(attack, ctx.target, nb_classes)
         fraction = sc.fraction if (sc.fraction is not None or sc.n_per_source is not None) else 0.01
-        data_p = poison_dataset(x_train, y_train, attack, ctx.target, ctx.sources, n_per_source=sc.n_per_source,
-                                fraction=fraction, nb_classes=nb_classes, seed=sc.seed)
-        ctx.x_train, ctx.y_train, ctx.is_poison = data_p.x, data_p.y, data_p.is_poison
-    start = time.perf_counter()
-    ctx.classifier = ctx.train_model(ctx.x_train, ctx.y_train)
-    if trainer is not None:
-        naive_seconds = time.perf_counter() - start
-        ctx.attack_info = {"naive_accuracy": accuracy(ctx.classifier, x_test, y_test),
-                           "naive_asr": ctx.asr_of(ctx.classifier), "naive_seconds": naive_seconds}
-        attack_start = time.perf_counter()
-        ctx.classifier = trainer.train(ctx.classifier, ctx.x_train, ctx.y_train, ctx.is_poison)
-        ctx.attack_info["attack_seconds"] = time.perf_counter() - attack_start
-        ctx.attack_info.update(getattr(trainer, "info", {}) or {})
-    ctx.train_seconds = time.perf_counter() - start
+
+        def poison():
+            data_p = poison_dataset(x_train, y_train, attack, ctx.target, ctx.sources, n_per_source=sc.n_per_source,
+                                    fraction=fraction, nb_classes=nb_classes, seed=sc.seed)
+            return data_p.x, data_p.y, data_p.is_poison
+
+        ctx.x_train, ctx.y_train, ctx.is_poison = poison() if store is None else store.poisoned(sc, poison)
+
+    def train():
+        start = time.perf_counter()
+        classifier = ctx.train_model(ctx.x_train, ctx.y_train)
+        if trainer is not None:  # an attack that trains the model continues from the naive model
+            naive_seconds = time.perf_counter() - start
+            ctx.attack_info = {"naive_accuracy": accuracy(classifier, x_test, y_test),
+                               "naive_asr": ctx.asr_of(classifier), "naive_seconds": naive_seconds}
+            attack_start = time.perf_counter()
+            classifier = trainer.train(classifier, ctx.x_train, ctx.y_train, ctx.is_poison)
+            ctx.attack_info["attack_seconds"] = time.perf_counter() - attack_start
+            ctx.attack_info.update(getattr(trainer, "info", {}) or {})
+        return classifier, time.perf_counter() - start
+
+    # with a store, a cached model comes back without its attack_info (the attack did not run)
+    ctx.classifier, ctx.train_seconds = train() if store is None else store.model(ctx, train)
     ctx.clean_accuracy = accuracy(ctx.classifier, x_test, y_test)
     ctx.asr = ctx.asr_of(ctx.classifier)
     logger.info("%s: trained in %.1fs, clean accuracy %.3f, ASR %.3f, %d poisoned images.", sc.name,

@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from art_backdoor_ext.defences.detector.poison import AEGISDefence, ClusterImpurityDefence, ReverseEngineeringDefence
+from art_backdoor_ext.defences.detector.poison import (AEGISDefence, ClusterImpurityDefence, NeuralCleanseDefence,
+                                                      ReverseEngineeringDefence)
 from art_backdoor_ext.defences.transformer.poisoning import FinePruning
 
 # cheap settings per defence, and one parameter with a valid and an invalid value
@@ -21,6 +22,7 @@ CASES = {
                    ("nb_seeds", 8, 1)),
     ClusterImpurityDefence: (dict(max_components=3), ("threshold", 0.4, -1.0)),
     ReverseEngineeringDefence: (dict(max_iter=6, batch_size=4), ("theta", 0.01, 1.5)),
+    NeuralCleanseDefence: (dict(nb_epochs=3, steps_per_epoch=2, batch_size=8), ("anomaly_threshold", 3.0, -1.0)),
 }
 DEFENCES = list(CASES)
 

@@ -105,6 +105,14 @@ def test_strip_row_flags_triggered_training_images(badnets):
     assert row.tpr > 0.8 and row.fpr < 0.1
 
 
+def test_scenario_fields_are_checked_before_training(digits):
+    for bad, field in ((dict(seed=-1), "seed"), (dict(width="huge"), "width"), (dict(target=-2), "target"),
+                       (dict(batch_size=0), "batch_size"), (dict(nb_epochs=1.5), "nb_epochs"),
+                       (dict(n_per_source=0), "n_per_source")):
+        with pytest.raises(ValueError, match=f"Scenario.{field}"):
+            run_scenario(Scenario(dataset="digits", attack="localised", **bad), defences=[], data=digits)
+
+
 def test_an_attack_that_trains_the_model(digits):
     # "adversarial-embedding" is registered with trains_model=True: the runner hands it the naive model and the
     # poisoned set, and the defences see the classifier it returns

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 
-from art_backdoor_ext.utils import as_class_list, check_xy
+from art_backdoor_ext.utils import as_class_list, check_int, check_number, check_range, check_seed, check_xy
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,19 @@ def poison_dataset(
     :return: :class:`PoisonedDataset` (also unpacks as ``x, y, is_poison``).
     """
     x, labels = check_xy(x, y)
-    nb_classes = int(nb_classes or (labels.max() + 1))
-    if not isinstance(target, (int, np.integer)) or not 0 <= target < nb_classes:
+    check_range(x, 0.0, 1.0, name="x")
+    if len(labels) == 0:
+        raise ValueError("x is empty: poison_dataset needs training images.")
+    if nb_classes is None:
+        nb_classes = int(labels.max() + 1)
+    else:
+        nb_classes = check_int("nb_classes", nb_classes, low=2)
+        if labels.max() >= nb_classes:
+            raise ValueError(f"y holds label {int(labels.max())} but nb_classes is {nb_classes}; labels must lie in "
+                             f"[0, nb_classes).")
+    check_seed("seed", seed, allow_none=False)
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)) \
+            or not 0 <= target < nb_classes:
         raise ValueError(f"target must be a class index in [0, {nb_classes}), got {target!r}.")
     target = int(target)
     sources = as_class_list(sources, nb_classes, exclude=target)
@@ -102,15 +113,13 @@ def poison_dataset(
     rng = np.random.default_rng(seed)
     pools = [np.flatnonzero(labels == s) for s in sources]
     if fraction is not None:
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+        check_number("fraction", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
         # Solve for the number of poisoned images so that they are `fraction` of the returned set.
         total = len(x) / (1.0 - fraction) * fraction if not remove_originals else len(x) * fraction
         counts = np.full(len(sources), int(round(total)) // len(sources))
         counts[: int(round(total)) - counts.sum()] += 1
     else:
-        if int(n_per_source) < 1:
-            raise ValueError(f"n_per_source must be >= 1, got {n_per_source}.")
+        check_int("n_per_source", n_per_source, low=1)
         counts = np.full(len(sources), int(n_per_source))
     for s, pool, n in zip(sources, pools, counts):
         if n > len(pool):
@@ -123,6 +132,9 @@ def poison_dataset(
     x_poison = _apply(perturbation_or_attack, x[chosen], target, nb_classes)
     if x_poison.shape != x[chosen].shape:
         raise ValueError(f"The trigger changed the image shape from {x[chosen].shape[1:]} to {x_poison.shape[1:]}.")
+    if not np.all(np.isfinite(x_poison)):
+        raise ValueError("The trigger returned NaN or infinite values; check perturbation_or_attack.")
+    check_range(x_poison, 0.0, 1.0, name="the triggered images")
     keep = np.ones(len(x), dtype=bool)
     if remove_originals:
         keep[chosen] = False

@@ -157,6 +157,9 @@ def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional
         raise ValueError(f"size must be in [1, {min(h, w)}] for {h}x{w} images, got {size}.")
     if magnitude is not None and not 0.0 < float(magnitude) <= 1.0:
         raise ValueError(f"magnitude must be in (0, 1] (e.g. 2/255 for pattern A), got {magnitude!r}.")
+    if magnitude is not None and np.round(float(magnitude) * 255.0) < 1:
+        raise ValueError(f"magnitude {magnitude!r} is below half a grey level (1/255 = {1 / 255:.4f}): on the 8-bit "
+                         "grid of the RE paper the pattern would vanish; use at least 1/255.")
     if patch is not None:
         if kind not in ("chessboard", "static"):
             raise ValueError(f"patch applies to the chessboard (A) and static (B) patterns only, not {kind!r}.")
@@ -226,6 +229,8 @@ def add_pattern(x: np.ndarray, pattern: np.ndarray, channels_first: Optional[boo
     :return: The poisoned images, in the layout and float dtype of ``x``.
     """
     out, restore = to_nhwc(x, channels_first)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("x contains NaN or infinite values.")
     batched, axis = infer_layout(np.asarray(x), channels_first)
     x_cf = None if axis is None else axis == (1 if batched else 0)
     p = _pattern_as_hwc(pattern, out.shape[1], out.shape[2], out.shape[3], x_cf)

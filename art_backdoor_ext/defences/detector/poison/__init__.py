@@ -8,6 +8,7 @@ _CLASSES = {
     "AEGISDefence": "aegis",
     "ReverseEngineeringDefence": "reverse_engineering",
     "ClusterImpurityDefence": "cluster_impurity",
+    "NeuralCleanseDefence": "neural_cleanse",
 }
 
 __all__ = list(_CLASSES)

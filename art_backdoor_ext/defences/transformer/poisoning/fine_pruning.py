@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
@@ -26,7 +27,7 @@ from art.defences.transformer.transformer import Transformer
 from art_backdoor_ext.defences.base import check_known_keys
 from art_backdoor_ext.estimators import get_adapter
 from art_backdoor_ext.utils import (check_bool, check_choice, check_images, check_int, check_layer_name, check_number,
-                                    check_seed, check_xy, progress)
+                                    check_seed, check_xy, progress, wilson_half_width)
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ class FinePruning(Transformer):
     """
 
     params = ["layer", "max_acc_drop", "step", "nb_epochs", "learning_rate", "batch_size", "method", "full_curve",
+              "min_clean",
               "seed", "verbose"]
 
     def __init__(self, classifier, layer: Optional[str] = None, max_acc_drop: float = 0.04,
                  step: Union[int, float] = 1, nb_epochs: int = 5, learning_rate: Optional[float] = None,
-                 batch_size: int = 64, method: str = "auto", full_curve: bool = False, seed: Optional[int] = 0,
+                 batch_size: int = 64, method: str = "auto", full_curve: bool = False, min_clean: int = 100,
+                 seed: Optional[int] = 0,
                  verbose: bool = False) -> None:
         """
         :param classifier: A trained ART ``PyTorchClassifier``, ``KerasClassifier`` or ``TensorFlowV2Classifier``.
@@ -64,6 +67,10 @@ class FinePruning(Transformer):
         :param full_curve: Keep sweeping after the stopping point (on a scratch copy) to record the whole pruning
                            curve; the model returned is the same.
         :param seed: Seed for the fine-tuning data order (``None`` = leave numpy's global RNG alone).
+        :param min_clean: Fewest clean held-out images accepted (a ``ValueError`` below it). The accuracy drop is
+                          measured on them: with n images at accuracy p the 95% Wilson interval of the accuracy has a
+                          half-width of about ``1.96 sqrt(p (1 - p) / n)``, and a ``UserWarning`` is raised when that
+                          half-width is larger than ``max_acc_drop`` (the stopping point is then noise).
         :param verbose: Show a progress bar over the pruning sweep and fine-tuning progress.
         """
         super().__init__(classifier=classifier)
@@ -77,6 +84,7 @@ class FinePruning(Transformer):
         self.full_curve = full_curve
         self.seed = seed
         self.verbose = verbose
+        self.min_clean = min_clean
         self.activations_: Optional[np.ndarray] = None
         self.order_: Optional[np.ndarray] = None
         self.report_: Dict[str, Any] = {}
@@ -117,6 +125,7 @@ class FinePruning(Transformer):
         check_layer_name("layer", self.layer)
         check_bool("full_curve", self.full_curve)
         check_seed("seed", self.seed)
+        check_int("min_clean", self.min_clean, low=1)
         check_bool("verbose", self.verbose)
 
     def _resolve_method(self, adapter) -> str:
@@ -172,10 +181,21 @@ class FinePruning(Transformer):
         method = self._resolve_method(adapter)
         layer = adapter.resolve_conv_layer(self.layer)
         nb = adapter.nb_channels(layer)
+        x = adapter.check_input(x, "x")
+        if len(x) < self.min_clean:
+            raise ValueError(f"FinePruning got {len(x)} clean images but needs at least min_clean={self.min_clean}: the "
+                             f"accuracy drop that stops pruning (max_acc_drop={self.max_acc_drop}) cannot be measured "
+                             "on fewer. Give more clean held-out data (or lower min_clean knowingly).")
 
         self.fit(x)
         order = self.order_
         acc0 = self._accuracy(adapter, x, labels)
+        half_width = wilson_half_width(acc0, len(x))
+        if half_width > self.max_acc_drop:
+            warnings.warn(f"FinePruning measures accuracy on {len(x)} clean images (accuracy {acc0:.3f} +- "
+                          f"{half_width:.3f}, 95% Wilson interval), which cannot resolve max_acc_drop="
+                          f"{self.max_acc_drop}: the pruning stops at noise. Give more clean data.", UserWarning,
+                          stacklevel=2)
         asr0 = self._asr(adapter, bd_x, bd_y)
         counts = self._step_counts(nb)
 
@@ -202,6 +222,12 @@ class FinePruning(Transformer):
         if hasattr(bar, "close"):
             bar.close()
         pruned = [int(c) for c in order[:n_keep]]
+        if n_keep == 0:
+            why = (f"step={self.step} is not smaller than the layer's {nb} channels (pruning never removes them all)"
+                   if not counts else f"the first step ({counts[0]} of {nb} channels) already costs more than "
+                   f"max_acc_drop={self.max_acc_drop} of clean accuracy")
+            warnings.warn(f"FinePruning pruned no channel of {layer}: {why}; lower `step` or raise max_acc_drop. Only "
+                          "fine-tuning acts.", UserWarning, stacklevel=2)
         logger.info("Fine-pruning %s: %d/%d channels pruned (held-out accuracy %.3f -> %.3f).", layer, n_keep, nb,
                     acc0, curve_acc[curve_n.index(n_keep)])
 
