@@ -7,7 +7,7 @@ T. J. L. Tan, R. Shokri, "Bypassing Backdoor Detection Algorithms in Deep Learni
 The model ``f = C(H(x))`` is first trained as a plain (naive) backdoor on the poisoned set, then trained in a
 two-player game with a discriminator ``D`` that reads the latent features ``H(x)`` at a named layer: ``D`` minimises
 its binary cross-entropy ``L_D`` at telling poisoned from clean latents (Eq. 6); the classifier minimises
-``CE - lambda * L_D`` with ``D`` frozen (Eq. 5). The players alternate on every mini-batch. The game itself is
+``CE - lambda * L_D`` with ``D`` frozen (Eq. 5; a bounded variant by default, see below). The players alternate on every mini-batch. The game itself is
 framework code and lives in the adapter (:meth:`~art_backdoor_ext.estimators.base.FrameworkAdapter.
 train_adversarial_embedding`).
 
@@ -25,14 +25,19 @@ Differences from the paper and from ART:
   "softmax" over one unit would be constant). The paper's "weight decay of 0.9" is not used.
 * The classifier's adversarial term defaults to ``objective="confusion"``, ``CE + lambda * BCE(D(H(x)), 1/2)``, not
   Eq. 5's ``CE - lambda * L_D`` (``objective="paper"``). Eq. 5 saturates: once ``D`` is confidently right, the
-  gradient of ``-L_D`` vanishes and the classifier stops moving; on the Keras compact CNN ``D`` reached a loss of
-  2e-4 within two epochs and the latents stayed as separable as the naive model's. The confusion term is bounded
-  below, and its gradient is largest where ``D`` is most confident. The default ``lambda`` (0.3) is set for it.
+  gradient of ``-L_D`` vanishes and the classifier stops moving; on the Keras compact CNN ``D`` became near-perfect
+  within two epochs and the latents stayed as separable as the naive model's. The confusion term is bounded below,
+  and its gradient is largest where ``D`` is most confident. The default ``lambda`` (0.3) is set for it.
 * The game's cross-entropy covers the game's balanced batch too, with its training labels, so the backdoor is trained
   on as many poisoned images as the adversarial term pulls on; without that the term eroded the backdoor.
 * The noise on ``D``'s input starts at ``sigma = 0.1`` and is divided by 10 each epoch, as in the paper.
 * The paper tunes for 30 epochs with lambda 10-50 on CIFAR-10/GTSRB networks; the defaults here are for small MNIST
   models (see ``benchmarks/results/adversarial_embedding.md`` for what they give).
+
+What the game achieves and what it does not: it hides the poison from the unsupervised views activation clustering
+and spectral signatures take (2-means on a PCA projection, the top singular direction), but at the default settings
+the discriminator, and a linear probe, still tell the poisoned latents from clean ones (``history_["val_d_acc"]``,
+:func:`art_backdoor_ext.metrics.latent_separability`).
 """
 from __future__ import annotations
 
