@@ -150,3 +150,80 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+# ---------------------------------------------------------------------------------------------- latent separability
+@dataclasses.dataclass
+class LatentSeparability:
+    """
+    How separable poisoned latents are from clean latents of the target class (Tan & Shokri,
+    https://arxiv.org/abs/1905.13409, Tables 4-5): the adjusted Rand index of activation clustering's 2-means, the
+    fraction of poison spectral signatures leaves, and two threshold-free AUROCs.
+    """
+
+    ari: float
+    """Adjusted Rand index of 2-means on the PCA-reduced latents against the poison ground truth (1 = AC separates)."""
+    ss_remaining: float
+    """Fraction of the poisoned images left after removing the ``eps_multiplier * eps`` top spectral scores."""
+    ss_auroc: float
+    """AUROC of the spectral-signature score (0.5 = no better than chance)."""
+    probe_auroc: float
+    """Cross-validated AUROC of a logistic-regression probe on the latents (0.5 = no better than chance)."""
+
+    def as_dict(self) -> Dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def spectral_scores(features: np.ndarray) -> np.ndarray:
+    """Spectral-signature outlier scores: squared projection of the centred features on their top singular vector."""
+    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    f = f - f.mean(axis=0)
+    _, _, vt = np.linalg.svd(f, full_matrices=False)
+    return (f @ vt[0]) ** 2
+
+
+def latent_separability(features: np.ndarray, is_poison: Sequence[bool], nb_dims: int = 10,
+                        eps_multiplier: float = 1.5, seed: int = 0) -> LatentSeparability:
+    """
+    Separability of the poisoned latents of one class (the target class) from its clean latents.
+
+    * ``ari``: activation clustering's step (Chen et al.: PCA to ``nb_dims``, 2-means; the paper reduces with ICA)
+      scored with the adjusted Rand index against ``is_poison``;
+    * ``ss_remaining``: spectral signatures (Tran et al.) removing the ``eps_multiplier * eps`` fraction with the top
+      scores, ``eps`` the true poison fraction (the paper's Table 4 setting); the fraction of poison kept;
+    * ``ss_auroc`` and ``probe_auroc``: AUROCs of the spectral score and of a 5-fold cross-validated logistic-regression
+      probe on standardised latents.
+
+    :param features: Latents ``(N, D)`` of the images labelled as the target class.
+    :param is_poison: Ground truth for those images (at least two of each kind).
+    """
+    from sklearn.cluster import KMeans  # lazy: scikit-learn is heavy to import
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import adjusted_rand_score, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    b = np.asarray(is_poison, bool)
+    if len(b) != len(f):
+        raise ValueError(f"features has {len(f)} rows but is_poison has {len(b)}.")
+    if b.sum() < 2 or (~b).sum() < 2:
+        raise ValueError("latent_separability needs at least two poisoned and two clean images.")
+    dims = max(1, min(int(nb_dims), f.shape[1], len(f) - 1))
+    reduced = PCA(n_components=dims, random_state=seed).fit_transform(f)
+    clusters = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(reduced)
+    ari = float(adjusted_rand_score(b, clusters))
+    scores = spectral_scores(f)
+    nb_remove = int(round(float(eps_multiplier) * b.mean() * len(b)))
+    removed = np.argsort(-scores)[:nb_remove]
+    keep = np.ones(len(b), bool)
+    keep[removed] = False
+    ss_remaining = float(b[keep].sum() / b.sum())
+    ss_auroc = float(roc_auc_score(b, scores))
+    folds = StratifiedKFold(n_splits=int(min(5, b.sum(), (~b).sum())), shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    prob = cross_val_predict(probe, f, b, cv=folds, method="predict_proba")[:, 1]
+    return LatentSeparability(ari=ari, ss_remaining=ss_remaining, ss_auroc=ss_auroc,
+                              probe_auroc=float(roc_auc_score(b, prob)))

@@ -61,3 +61,17 @@ def test_defence_result_json_safe():
     r = DefenceResult("x", np.bool_(True), np.int64(3), tpr=np.float64(0.5), extra={"a": np.arange(2)})
     d = r.as_dict()
     assert d["target_class"] == 3 and d["extra"]["a"] == [0, 1] and d["detected"] is True
+
+
+def test_latent_separability_separated_and_mixed():
+    from art_backdoor_ext.metrics import latent_separability
+
+    rng = np.random.default_rng(0)
+    is_poison = np.r_[np.ones(40, bool), np.zeros(160, bool)]
+    apart = rng.normal(size=(200, 16)) + 6.0 * is_poison[:, None]
+    sep = latent_separability(apart, is_poison)
+    assert sep.ari > 0.95 and sep.probe_auroc > 0.99 and sep.ss_auroc > 0.95 and sep.ss_remaining < 0.1
+    mixed = latent_separability(rng.normal(size=(200, 16)), is_poison)
+    assert abs(mixed.ari) < 0.1 and abs(mixed.probe_auroc - 0.5) < 0.2 and mixed.ss_remaining > 0.5
+    with pytest.raises(ValueError, match="two poisoned"):
+        latent_separability(apart, np.zeros(200, bool))

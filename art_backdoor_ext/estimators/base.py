@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -300,3 +300,108 @@ class FrameworkAdapter(abc.ABC):
         Keras ``safe_mode=True``).
         """
         raise NotImplementedError(f"Loading weights is not available for {type(self.classifier).__name__}.")
+
+    # ------------------------------------------------------------------------------------------ adversarial embedding
+    def train_adversarial_embedding(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray,
+                                    reference: np.ndarray, layer: Optional[str] = None, lam: float = 1.0,
+                                    nb_epochs: int = 5, batch_size: int = 64, learning_rate: float = 1e-4,
+                                    learning_rate_d: float = 1e-3, d_steps: int = 1, noise_sigma: float = 0.1,
+                                    noise_decay: float = 10.0, seed: int = 0, objective: str = "paper",
+                                    validation: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                                    verbose: bool = False) -> Dict[str, List[float]]:
+        """
+        Tan & Shokri's adversarial embedding game (https://arxiv.org/abs/1905.13409, Eq. 5-6), training the wrapped
+        model **in place** (callers clone first). A discriminator ``D`` (FC 256 -> FC 128 -> 1, LeakyReLU 0.2 and batch
+        norm after each hidden layer) reads the flattened activations of ``layer`` and learns to tell poisoned images
+        (``is_poison``) from clean reference images (``reference``). Every step alternates the two players on one
+        mini-batch: ``d_steps`` updates of ``D`` on its binary cross-entropy (``L_D``, Eq. 6) with Gaussian noise of
+        standard deviation ``sigma`` added to its input, then one update of the classifier on ``CE - lam * L_D`` (Eq. 5)
+        with ``D`` frozen. With ``objective="confusion"`` the classifier minimises ``CE + lam * BCE(D(H(x)), 1/2)``
+        instead, pulling ``D``'s output to 1/2 on the game's images (bounded, and its gradient does not vanish when
+        ``D`` is confidently right, unlike ``-L_D``'s); with ``objective="flip"``, ``CE + lam * BCE(D(H(x_b)), 0)`` on
+        the poisoned images only (the non-saturating GAN generator loss). ``sigma`` starts at ``noise_sigma`` and is
+        divided by ``noise_decay`` each epoch.
+
+        A step draws ``batch_size`` images of the whole set for the cross-entropy and, for the game, ``batch_size // 2``
+        poisoned plus ``batch_size // 2`` reference images (with replacement): balanced, since poison is a small
+        fraction. One forward pass of the model serves both players, and the cross-entropy covers the game's images too
+        (with their training labels), so the backdoor is trained on as many poisoned images as the adversarial term
+        pulls on: without that the adversarial term erodes the backdoor. An epoch is ``len(x) // batch_size`` steps; the
+        classifier gets a fresh Adam optimiser (``learning_rate``), ``D`` another (``learning_rate_d``). Random draws
+        come from a local generator seeded with ``seed``; ``D``'s initial weights are seeded too.
+
+        :param x: Training images (poisoned ones included), the classifier's layout.
+        :param y: Integer labels.
+        :param is_poison: Boolean mask of the poisoned images (``D``'s positives).
+        :param reference: Boolean mask of the clean images ``D`` compares them with (its negatives).
+        :param validation: Optional ``(x_val, is_poison_val)``: ``D``'s balanced accuracy on these held-out images'
+                           latents is recorded after each epoch (``val_d_acc``).
+        :return: Per-epoch history: ``ce``, ``d_loss`` (``D``'s own BCE), ``adv`` (``L_D`` in the classifier's step),
+                 ``loss`` (the classifier's objective), ``d_acc`` (``D``'s training accuracy), ``val_d_acc``, ``sigma``,
+                 ``seconds``.
+        """
+        import time
+
+        layer = self.resolve_layer(layer)
+        x = np.asarray(x, np.float32)
+        labels = to_labels(y, self.nb_classes)
+        pos = np.flatnonzero(np.asarray(is_poison, bool))
+        neg = np.flatnonzero(np.asarray(reference, bool) & ~np.asarray(is_poison, bool))
+        if len(pos) == 0 or len(neg) == 0:
+            raise ValueError("The embedding game needs at least one poisoned and one clean reference image.")
+        if len(x) < batch_size:
+            raise ValueError(f"batch_size ({batch_size}) exceeds the {len(x)} training images.")
+        rng = np.random.default_rng(seed)
+        dim = int(self.get_features(x[:1], layer).shape[1])
+        if objective not in ("paper", "confusion", "flip"):
+            raise ValueError(f"objective must be 'paper', 'confusion' or 'flip', got {objective!r}.")
+        session = self._embedding_session(layer, dim, learning_rate, learning_rate_d, seed, objective)
+        half = max(1, batch_size // 2)
+        b_d = np.concatenate([np.ones(half, np.float32), np.zeros(half, np.float32)])
+        history: Dict[str, List[float]] = {k: [] for k in
+                                           ("ce", "d_loss", "adv", "loss", "d_acc", "val_d_acc", "sigma", "seconds")}
+        steps = len(x) // batch_size
+        sigma = float(noise_sigma)
+        for epoch in range(int(nb_epochs)):
+            start = time.perf_counter()
+            order = rng.permutation(len(x))
+            sums = np.zeros(5)
+            for s in range(steps):
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                d_idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
+                noise = (rng.standard_normal((int(d_steps) + 1, 2 * half, dim)) * sigma).astype(np.float32)
+                sums += session.step(x[idx], labels[idx], x[d_idx], labels[d_idx], b_d, noise, float(lam))
+            ce, d_loss, adv, d_acc, loss = sums / max(steps, 1)
+            history["ce"].append(float(ce))
+            history["d_loss"].append(float(d_loss))
+            history["adv"].append(float(adv))
+            history["loss"].append(float(loss))
+            history["d_acc"].append(float(d_acc))
+            history["sigma"].append(sigma)
+            val = float("nan")
+            if validation is not None:
+                val = self._discriminator_accuracy(session, validation[0], validation[1], layer)
+            history["val_d_acc"].append(val)
+            history["seconds"].append(time.perf_counter() - start)
+            logger.info("Embedding epoch %d: CE %.4f, L_D %.4f (D acc %.3f, held-out %.3f), sigma %.0e, %.1fs.",
+                        epoch + 1, ce, d_loss, d_acc, val, sigma, history["seconds"][-1])
+            sigma /= float(noise_decay)
+        self.discriminator_ = session
+        return history
+
+    def _discriminator_accuracy(self, session, x: np.ndarray, is_poison: np.ndarray, layer: str) -> float:
+        """``D``'s balanced accuracy (mean of its accuracy on poisoned and on clean images) on ``x``'s latents."""
+        b = np.asarray(is_poison, bool)
+        prob = session.predict(self.get_features(np.asarray(x, np.float32), layer))
+        pred = prob >= 0.5
+        parts = [np.mean(pred[b] == 1) if b.any() else np.nan, np.mean(pred[~b] == 0) if (~b).any() else np.nan]
+        return float(np.nanmean(parts))
+
+    def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
+                           objective: str = "paper"):
+        """
+        The framework's half of :meth:`train_adversarial_embedding`: an object with
+        ``step(x_ce, y_ce, x_d, y_d, b_d, noise, lam) -> (ce, d_loss, adv, d_acc, loss)`` (one alternating step) and
+        ``predict(features) -> D's probabilities``.
+        """
+        raise NotImplementedError(f"Adversarial embedding is not implemented for {type(self).__name__}.")

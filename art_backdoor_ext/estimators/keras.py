@@ -280,3 +280,97 @@ class KerasAdapter(FrameworkAdapter):
         keras = keras_module_of(self.model)
         loaded = keras.models.load_model(path, safe_mode=True, compile=False)
         self.model.set_weights(loaded.get_weights())
+
+    # ------------------------------------------------------------------------------------------ adversarial embedding
+    def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
+                           objective: str = "paper"):
+        return _KerasEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)
+
+
+class _KerasEmbeddingSession:
+    """One adversarial-embedding game on a Keras 3 model (see ``FrameworkAdapter.train_adversarial_embedding``)."""
+
+    def __init__(self, adapter: KerasAdapter, layer: str, dim: int, learning_rate: float, learning_rate_d: float,
+                 seed: int, objective: str = "paper") -> None:
+        import tensorflow as tf
+
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras = keras_module_of(adapter.model)
+        layers = keras.layers
+        self.adapter = adapter
+        self.model = adapter.model
+        self.objective = objective
+        self.both = keras.Model(inputs=self.model.inputs, outputs=[self.model.get_layer(layer).output,
+                                                                    self.model.outputs[0]])
+        init = [keras.initializers.GlorotUniform(seed=int(seed) + i) for i in range(3)]  # seeded locally
+        self.d = keras.Sequential([
+            keras.Input((dim,)),
+            layers.Dense(256, kernel_initializer=init[0]), layers.LeakyReLU(0.2), layers.BatchNormalization(),
+            layers.Dense(128, kernel_initializer=init[1]), layers.LeakyReLU(0.2), layers.BatchNormalization(),
+            layers.Dense(1, kernel_initializer=init[2]),
+        ])
+        self.opt = keras.optimizers.Adam(learning_rate)
+        self.opt_d = keras.optimizers.Adam(learning_rate_d)
+        self._probability = None
+        self._step = tf.function(self._step_impl, reduce_retracing=True)
+
+    def _step_impl(self, x_ce, y_all, x_d, b_d, noise, lam, probability):
+        import tensorflow as tf
+
+        n = tf.shape(x_ce)[0]
+        b = b_d[:, None]
+        x_all = tf.concat([x_ce, x_d], axis=0)
+        with tf.GradientTape() as tape:
+            feats, out = self.both(x_all, training=True)
+            feats = tf.reshape(feats, (tf.shape(x_all)[0], -1))
+            f_d = feats[n:]
+            d_losses, d_accs = [], []
+            with tape.stop_recording():  # D's turn: minimise L_D on the detached latents
+                f_fixed = tf.stop_gradient(f_d)
+                for k in range(noise.shape[0] - 1):
+                    with tf.GradientTape() as tape_d:
+                        logits_d = self.d(f_fixed + noise[k], training=True)
+                        loss_d = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(b, logits_d))
+                    grads = tape_d.gradient(loss_d, self.d.trainable_variables)
+                    self.opt_d.apply_gradients(zip(grads, self.d.trainable_variables))
+                    d_losses.append(loss_d)
+                    d_accs.append(tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits_d > 0, tf.float32), b),
+                                                         tf.float32)))
+            logits_adv = self.d(f_d + noise[-1], training=True)  # the classifier's turn: D's weights not updated
+            adv = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(b, logits_adv))
+            if probability:
+                logp = tf.math.log(tf.maximum(out, 1e-12))
+            else:
+                logp = tf.nn.log_softmax(out, axis=1)
+            ce = -tf.reduce_mean(tf.gather(logp, y_all, axis=1, batch_dims=1))
+            if self.objective == "confusion":  # push D's output to 1/2 on every latent
+                loss = ce + lam * tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(0.5 + 0.0 * b, logits_adv))
+            elif self.objective == "flip":  # make the poisoned latents look clean to D (non-saturating)
+                flip = tf.nn.sigmoid_cross_entropy_with_logits(0.0 * b, logits_adv)
+                loss = ce + lam * tf.reduce_sum(flip * b) / tf.maximum(tf.reduce_sum(b), 1.0)
+            else:
+                loss = ce - lam * adv
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.opt.apply_gradients(zip(grads, variables))
+        return ce, tf.reduce_mean(tf.stack(d_losses)), adv, tf.reduce_mean(tf.stack(d_accs)), loss
+
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
+        import tensorflow as tf
+
+        x_ce = self.adapter._preprocess(x_ce)  # pylint: disable=protected-access
+        x_d = self.adapter._preprocess(x_d)  # pylint: disable=protected-access
+        if self._probability is None:
+            self._probability = self.adapter._is_probability(  # pylint: disable=protected-access
+                np.asarray(self.model(x_ce[:8], training=False)))
+        y_all = np.concatenate([y_ce, y_d]).astype(np.int32)
+        out = self._step(tf.constant(x_ce), tf.constant(y_all), tf.constant(x_d),
+                         tf.constant(b_d), tf.constant(noise), tf.constant(float(lam), tf.float32), self._probability)
+        return np.array([float(v) for v in out])
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        logits = self.d(tf.constant(np.asarray(features, np.float32)), training=False)
+        return tf.sigmoid(logits).numpy()[:, 0]

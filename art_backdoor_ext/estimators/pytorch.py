@@ -263,3 +263,98 @@ class PyTorchAdapter(FrameworkAdapter):
         if not isinstance(state, dict):
             raise ValueError(f"{path} does not hold a state dict.")
         self.model.load_state_dict(state)
+
+    # ------------------------------------------------------------------------------------------ adversarial embedding
+    def _embedding_session(self, layer: str, dim: int, learning_rate: float, learning_rate_d: float, seed: int,
+                           objective: str = "paper"):
+        return _TorchEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)
+
+
+class _TorchEmbeddingSession:
+    """One adversarial-embedding game on a PyTorch model (see ``FrameworkAdapter.train_adversarial_embedding``)."""
+
+    def __init__(self, adapter: PyTorchAdapter, layer: str, dim: int, learning_rate: float, learning_rate_d: float,
+                 seed: int, objective: str = "paper") -> None:
+        import torch
+        from torch import nn
+
+        self.adapter = adapter
+        self.objective = objective
+        self.model = adapter.model
+        with adapter.seeded(seed):  # D's initial weights from a seeded, then restored, global generator
+            self.d = nn.Sequential(
+                nn.Linear(dim, 256), nn.LeakyReLU(0.2), nn.BatchNorm1d(256),
+                nn.Linear(256, 128), nn.LeakyReLU(0.2), nn.BatchNorm1d(128),
+                nn.Linear(128, 1),
+            ).to(adapter.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=learning_rate_d)
+        self.module = dict(self.model.named_modules())[layer]
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def _forward(self, x: np.ndarray):
+        store = {}
+        handle = self.module.register_forward_hook(lambda _m, _i, out: store.__setitem__("out", out))
+        try:
+            out = self.model(self.adapter._to_tensor(x))  # pylint: disable=protected-access
+        finally:
+            handle.remove()
+        if isinstance(out, (tuple, list)):
+            out = out[-1]
+        return out, store["out"].reshape(len(x), -1)
+
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
+        import torch
+
+        n = len(x_ce)
+        was_training = self.model.training
+        self.model.train()
+        self.d.train()
+        out, feats = self._forward(np.concatenate([x_ce, x_d]))
+        f_d = feats[n:]
+        b = torch.as_tensor(b_d, device=self.adapter.device)[:, None]
+        noise_t = torch.as_tensor(noise, device=self.adapter.device)
+        d_losses, d_accs = [], []
+        for k in range(len(noise) - 1):  # D's turn: minimise L_D on the detached latents
+            logits_d = self.d(f_d.detach() + noise_t[k])
+            loss_d = self.bce(logits_d, b)
+            self.opt_d.zero_grad()
+            loss_d.backward()
+            self.opt_d.step()
+            d_losses.append(float(loss_d.detach()))
+            d_accs.append(float(((logits_d.detach() > 0).float() == b).float().mean()))
+        for p in self.d.parameters():  # the classifier's turn: D frozen
+            p.requires_grad_(False)
+        try:
+            logits_adv = self.d(f_d + noise_t[-1])
+            adv = self.bce(logits_adv, b)
+            if self.adapter._is_probability(out.detach().cpu().numpy()):  # pylint: disable=protected-access
+                logp = torch.log(out.clamp_min(1e-12))
+            else:
+                logp = torch.log_softmax(out, dim=1)
+            y_all = np.concatenate([y_ce, y_d])
+            ce = torch.nn.functional.nll_loss(logp, torch.as_tensor(y_all, dtype=torch.long, device=logp.device))
+            if self.objective == "confusion":  # push D's output to 1/2 on every latent
+                loss = ce + lam * self.bce(logits_adv, torch.full_like(b, 0.5))
+            elif self.objective == "flip":  # make the poisoned latents look clean to D (non-saturating)
+                poisoned = b[:, 0] > 0.5
+                loss = ce + lam * self.bce(logits_adv[poisoned], torch.zeros_like(b[poisoned]))
+            else:  # Eq. 5: maximise D's loss
+                loss = ce - lam * adv
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        finally:
+            for p in self.d.parameters():
+                p.requires_grad_(True)
+            self.model.train(was_training)
+        return np.array([float(ce.detach()), np.mean(d_losses) if d_losses else np.nan, float(adv.detach()),
+                         np.mean(d_accs) if d_accs else np.nan, float(loss.detach())])
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.d.eval()
+        with torch.no_grad():
+            logits = self.d(torch.as_tensor(np.asarray(features, np.float32), device=self.adapter.device))
+        return torch.sigmoid(logits)[:, 0].cpu().numpy()

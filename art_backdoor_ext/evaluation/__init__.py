@@ -29,7 +29,7 @@ from art_backdoor_ext.metrics import DefenceResult  # noqa: F401
 
 _RUNNER = ("prepare_scenario", "run_defences", "run_scenario", "check_scenario")
 # the registries as users see them: complete, i.e. with every registry module loaded (through the runner)
-_REGISTRY = ("ATTACKS", "DEFENCES", "get_attack", "get_defence")
+_REGISTRY = ("ATTACKS", "DEFENCES", "get_attack", "get_defence", "attack_trains_model")
 
 __all__ = ["AttackContext", "DefenceSpec", "DefenceResult", "Scenario", "ScenarioContext", "ScenarioResult",
            "as_trigger", "format_table", "format_value", "load_results", "register_attack", "register_defence",

@@ -30,7 +30,8 @@ from art_backdoor_ext.metrics import DefenceResult, attack_success_rate
 
 __all__ = [
     "ATTACKS", "DEFENCES", "AttackContext", "Scenario", "ScenarioContext", "ScenarioResult", "DefenceSpec",
-    "register_attack", "register_defence", "get_attack", "get_defence", "as_trigger", "format_value", "format_table",
+    "register_attack", "register_defence", "get_attack", "attack_trains_model", "MODEL_TRAINING_ATTACKS",
+    "get_defence", "as_trigger", "format_value", "format_table",
     "save_results", "load_results",
 ]
 
@@ -75,16 +76,39 @@ ATTACKS: Dict[str, Callable[..., Any]] = {}
 DEFENCES: Dict[str, DefenceSpec] = {}
 
 
-def register_attack(name: str):
-    """Register ``factory(ctx: AttackContext, **kwargs) -> trigger f(x) -> x or an ART poisoning attack``."""
+MODEL_TRAINING_ATTACKS: set = set()
+"""Names of the attacks registered with ``trains_model=True``."""
+
+
+def register_attack(name: str, trains_model: bool = False):
+    """
+    Register ``factory(ctx: AttackContext, **kwargs) -> trigger f(x) -> x or an ART poisoning attack``.
+
+    With ``trains_model=True`` the attack owns the training step (an adaptive attacker such as adversarial embedding):
+    the factory returns an object with ``trigger`` (what the factory would otherwise return; it poisons the training
+    set as for any attack) and ``train(classifier, x, y, is_poison) -> classifier``. The runner trains the scenario's
+    naive model on the poisoned set as usual, hands it to ``train`` with that set, and evaluates every defence on the
+    classifier ``train`` returns (the naive model's numbers go to ``ScenarioContext.attack_info``). Defences that
+    retrain (``retrain=``) still retrain naively: the defender, not the attacker, controls that training.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"An attack name must be a non-empty string, got {name!r}.")
 
     def deco(factory):
         ATTACKS[name] = factory
+        if trains_model:
+            MODEL_TRAINING_ATTACKS.add(name)
+        else:
+            MODEL_TRAINING_ATTACKS.discard(name)
         return factory
 
     return deco
+
+
+def attack_trains_model(name: str) -> bool:
+    """Whether the registered attack ``name`` trains the model itself (``register_attack(..., trains_model=True)``)."""
+    get_attack(name)
+    return name in MODEL_TRAINING_ATTACKS
 
 
 def register_defence(name: str, kind: str = "filter"):
@@ -210,6 +234,8 @@ class ScenarioContext:
     asr: float = float("nan")
     train_seconds: float = float("nan")
     verbose: bool = False
+    attack_info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What an attack that trains the model reported: the naive model's accuracy, ASR and seconds, the attack's own."""
     cache: Dict[Hashable, Any] = dataclasses.field(default_factory=dict)
     """Work shared between rows, keyed by what determines it; use :meth:`shared`."""
 

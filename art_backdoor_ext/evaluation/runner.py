@@ -32,6 +32,7 @@ from art_backdoor_ext.evaluation.api import (
     ScenarioContext,
     ScenarioResult,
     as_trigger,
+    attack_trains_model,
     check_kwargs,
     get_attack,
     get_defence,
@@ -97,6 +98,7 @@ def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None, store
     channels_first = framework_channels_first(sc.framework)
     (x_train, y_train), (x_test, y_test) = data if data is not None else _load(sc.dataset, channels_first, sc.seed)
     nb_classes = int(max(y_train.max(), y_test.max()) + 1)
+    trainer = None
     ctx = ScenarioContext(scenario=sc, classifier=None, x_train=x_train, y_train=y_train,
                           is_poison=np.zeros(len(x_train), bool), x_test=x_test, y_test=y_test, x_clean=x_train,
                           y_clean=y_train, nb_classes=nb_classes, channels_first=channels_first, verbose=verbose)
@@ -106,6 +108,8 @@ def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None, store
         actx = AttackContext(x_train, y_train, x_test, y_test, nb_classes, ctx.target, ctx.sources, sc.framework,
                              sc.seed, verbose, channels_first)
         attack = get_attack(sc.attack)(actx, **sc.attack_kwargs)
+        if attack_trains_model(sc.attack):  # the attack trains the model: poison with its trigger, train with it
+            trainer, attack = attack, attack.trigger
         ctx.trigger = as_trigger(attack, ctx.target, nb_classes)
         fraction = sc.fraction if (sc.fraction is not None or sc.n_per_source is not None) else 0.01
 
@@ -119,8 +123,17 @@ def prepare_scenario(scenario: Scenario, verbose: bool = False, data=None, store
     def train():
         start = time.perf_counter()
         classifier = ctx.train_model(ctx.x_train, ctx.y_train)
+        if trainer is not None:  # an attack that trains the model continues from the naive model
+            naive_seconds = time.perf_counter() - start
+            ctx.attack_info = {"naive_accuracy": accuracy(classifier, x_test, y_test),
+                               "naive_asr": ctx.asr_of(classifier), "naive_seconds": naive_seconds}
+            attack_start = time.perf_counter()
+            classifier = trainer.train(classifier, ctx.x_train, ctx.y_train, ctx.is_poison)
+            ctx.attack_info["attack_seconds"] = time.perf_counter() - attack_start
+            ctx.attack_info.update(getattr(trainer, "info", {}) or {})
         return classifier, time.perf_counter() - start
 
+    # with a store, a cached model comes back without its attack_info (the attack did not run)
     ctx.classifier, ctx.train_seconds = train() if store is None else store.model(ctx, train)
     ctx.clean_accuracy = accuracy(ctx.classifier, x_test, y_test)
     ctx.asr = ctx.asr_of(ctx.classifier)

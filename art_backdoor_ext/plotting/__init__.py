@@ -1,6 +1,7 @@
 """
 Plots (matplotlib, loaded lazily): recovered patterns and reciprocal-statistic histograms, AEGIS cluster plots,
-cluster-impurity diagnostics, pruning curves, error bars over seeds. Each function returns a matplotlib ``Figure``.
+cluster-impurity diagnostics, pruning curves, error bars over seeds, adversarial-embedding losses and latent
+projections. Each function returns a matplotlib ``Figure``.
 """
 import importlib
 
@@ -14,6 +15,8 @@ _FUNCTIONS = {
     "plot_impurity": "impurity",
     "plot_pruning_curve": "pruning",
     "plot_error_bars": "errorbars",
+    "plot_embedding_history": "embedding",
+    "plot_latent_projection": "embedding",
 }
 
 __all__ = list(_FUNCTIONS)

@@ -7,7 +7,9 @@ Every attack of the harness, by name (each factory returns a trigger function ``
 * ``"pattern-A"`` ... ``"pattern-F"`` (and ``"chessboard"``): the RE paper's imperceptible patterns (CIFAR-10 settings);
 * ``"chessboard-patch"``: the RE paper's MNIST attack, a 6x6 chessboard patch of 25/255 at the bottom-right corner;
 * ``"adversarial"``: Zhong et al.'s adversarial trigger, built on a clean surrogate of the scenario's framework;
-* ``"isolated-pixels"``: pattern E with brightening pixels only (a blur-fragile trigger for cluster impurity).
+* ``"isolated-pixels"``: pattern E with brightening pixels only (a blur-fragile trigger for cluster impurity);
+* ``"adversarial-embedding"``: Tan & Shokri's adaptive attacker, which trains the model itself (``trains_model=True``):
+  the BadNets square, embedded so that a latent discriminator cannot tell poisoned from clean.
 
 The pattern factories return a :class:`~art_backdoor_ext.attacks.poisoning.perturbations.PatternTrigger`, whose
 ``.pattern`` attribute is the additive pattern (for comparing with a defence's recovered pattern).
@@ -122,3 +124,44 @@ def _adversarial(ctx: AttackContext, norm_bound: float = 0.5, surrogate_epochs: 
     trigger = attack.trigger()
     trigger.fooling_rates = list(attack.fooling_rates)
     return trigger
+
+
+class _EmbeddingTrainer:
+    """The harness's side of ``"adversarial-embedding"``: a trigger to poison with, and the training step."""
+
+    def __init__(self, trigger, ctx: AttackContext, params: dict) -> None:
+        self.trigger = trigger
+        self.ctx = ctx
+        self.params = params
+        self.info: dict = {}
+
+    def train(self, classifier, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray):
+        """Embed the backdoor adversarially, starting from the scenario's naive model (``pretrain_epochs=0``)."""
+        from art_backdoor_ext.attacks.poisoning.adversarial_embedding import AdversarialBackdoorEmbedding
+
+        attack = AdversarialBackdoorEmbedding(classifier, self.trigger, self.ctx.target, sources=self.ctx.sources,
+                                              pretrain_epochs=0, seed=self.ctx.seed, verbose=self.ctx.verbose,
+                                              **self.params)
+        model = attack.embed(x, y, is_poison, x_val=self.ctx.x_test, y_val=self.ctx.y_test)
+        self.info = {"embedding_seconds": attack.seconds_["embedding"], "history": attack.history_,
+                     "final_val_d_acc": attack.history_["val_d_acc"][-1]}
+        return model
+
+
+@register_attack("adversarial-embedding", trains_model=True)
+def _adversarial_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0, regularization: float = 0.3,
+                           nb_epochs: int = 5, learning_rate: float = 1e-4, learning_rate_d: float = 1e-3,
+                           d_steps: int = 1, batch_size: int = 64, layer: Optional[str] = None,
+                           reference: str = "target", objective: str = "confusion"):
+    """
+    Tan & Shokri's adversarial backdoor embedding (https://arxiv.org/abs/1905.13409) with the BadNets square of
+    ``"badnets"``: the scenario's naive model is trained on the poisoned set as usual, then the attack continues its
+    training in the min-max game against a latent discriminator (:class:`~art_backdoor_ext.attacks.poisoning.
+    adversarial_embedding.AdversarialBackdoorEmbedding`); defences see the embedded model.
+    """
+    from art.attacks.poisoning import PoisoningAttackBackdoor
+
+    params = dict(regularization=regularization, nb_epochs=nb_epochs, learning_rate=learning_rate,
+                  learning_rate_d=learning_rate_d, d_steps=d_steps, batch_size=batch_size, layer=layer,
+                  reference=reference, objective=objective)
+    return _EmbeddingTrainer(PoisoningAttackBackdoor(localised_trigger(size=size, value=value)), ctx, params)

@@ -111,3 +111,21 @@ def test_scenario_fields_are_checked_before_training(digits):
                        (dict(n_per_source=0), "n_per_source")):
         with pytest.raises(ValueError, match=f"Scenario.{field}"):
             run_scenario(Scenario(dataset="digits", attack="localised", **bad), defences=[], data=digits)
+
+
+def test_an_attack_that_trains_the_model(digits):
+    # "adversarial-embedding" is registered with trains_model=True: the runner hands it the naive model and the
+    # poisoned set, and the defences see the classifier it returns
+    from art_backdoor_ext.evaluation import attack_trains_model
+
+    assert attack_trains_model("adversarial-embedding") and not attack_trains_model("badnets")
+    sc = Scenario(dataset="digits", attack="adversarial-embedding", target=1, fraction=0.05, nb_epochs=3,
+                  attack_kwargs={"nb_epochs": 1, "batch_size": 32})
+    res = run_scenario(sc, defences=["ac"], keep_context=True, data=digits)
+    info = res.context.attack_info
+    assert {"naive_accuracy", "naive_asr", "naive_seconds", "attack_seconds", "history"} <= set(info)
+    assert len(info["history"]["ce"]) == 1 and res.train_seconds >= info["attack_seconds"]
+    assert 0 <= res.asr <= 1 and res.rows[0].defence == "ac"
+    with pytest.raises(ValueError, match="regularization"):
+        run_scenario(Scenario(dataset="digits", attack="adversarial-embedding", attack_kwargs={"lam": 1}),
+                     defences=[], data=digits)

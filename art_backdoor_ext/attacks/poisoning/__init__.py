@@ -28,6 +28,7 @@ __all__ = [
     "pattern_trigger",
     "PoisoningAttackInvisibleBackdoor",
     "PoisoningAttackAdversarialTrigger",
+    "AdversarialBackdoorEmbedding",
 ]
 
 
@@ -40,4 +41,8 @@ def __getattr__(name):  # lazy: the attack classes import ART's poisoning module
         from art_backdoor_ext.attacks.poisoning.adversarial_trigger import PoisoningAttackAdversarialTrigger
 
         return PoisoningAttackAdversarialTrigger
+    if name == "AdversarialBackdoorEmbedding":
+        from art_backdoor_ext.attacks.poisoning.adversarial_embedding import AdversarialBackdoorEmbedding
+
+        return AdversarialBackdoorEmbedding
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
