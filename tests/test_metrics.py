@@ -36,12 +36,20 @@ def test_asr_excludes_target_and_non_sources(monkeypatch):
     y = np.array([0, 0, 1, 1, 2, 2])
     seen = {}
 
-    def fake_predict(classifier, x_in, batch_size=512):
-        seen["n"] = len(x_in)
-        assert np.all(x_in[:, 0, 0, 0] == 1.0)  # trigger applied
-        return np.array([2, 0, 2, 2]) if len(x_in) == 4 else np.full(len(x_in), 2)
+    class FakeAdapter:  # a 3-class model that predicts 2 for 3 of the 4 source images
+        nb_classes = 3
 
-    monkeypatch.setattr(metrics, "_predict_labels", fake_predict)
+        @staticmethod
+        def check_input(x_in, name="x"):
+            return x_in
+
+        @staticmethod
+        def predict_labels(x_in, batch_size=512):
+            seen["n"] = len(x_in)
+            assert np.all(x_in[:, 0, 0, 0] == 1.0)  # trigger applied
+            return np.array([2, 0, 2, 2]) if len(x_in) == 4 else np.full(len(x_in), 2)
+
+    monkeypatch.setattr(metrics, "_adapter", lambda classifier: FakeAdapter)
 
     def trigger(z):
         z = z.copy()
