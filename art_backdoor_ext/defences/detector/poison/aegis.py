@@ -83,7 +83,7 @@ class AEGISDefence(PoisonFilteringDefence):
     defence_params = [
         "classifier", "nb_seeds", "eps", "eps_step", "max_iter", "layer", "pca_components", "perplexity", "tsne_iter",
         "bandwidth", "bandwidth_quantile", "cluster_threshold", "cluster_rule", "min_cluster_size",
-        "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
+        "mask_fraction", "mask_flip_threshold", "min_subpopulation", "max_train_per_class", "batch_size", "robustness_check", "robustness_eps", "seed", "verbose",
     ]
 
     def __init__(
@@ -102,8 +102,11 @@ class AEGISDefence(PoisonFilteringDefence):
         bandwidth: Optional[float] = None,
         bandwidth_quantile: float = 0.3,
         cluster_threshold: int = 2,
-        cluster_rule: str = "translated",
+        cluster_rule: str = "masking",
         min_cluster_size: int = 1,
+        mask_fraction: float = 0.02,
+        mask_flip_threshold: float = 0.5,
+        min_subpopulation: int = 10,
         max_train_per_class: Optional[int] = None,
         batch_size: int = 256,
         robustness_check: bool = True,
@@ -155,6 +158,9 @@ class AEGISDefence(PoisonFilteringDefence):
         self.cluster_threshold = cluster_threshold
         self.cluster_rule = cluster_rule
         self.min_cluster_size = min_cluster_size
+        self.mask_fraction = mask_fraction
+        self.mask_flip_threshold = mask_flip_threshold
+        self.min_subpopulation = min_subpopulation
         self.max_train_per_class = max_train_per_class
         self.batch_size = batch_size
         self.robustness_check = robustness_check
@@ -196,9 +202,17 @@ class AEGISDefence(PoisonFilteringDefence):
             raise ValueError(f"bandwidth_quantile must be in (0, 1], got {self.bandwidth_quantile!r}.")
         if not is_int(self.cluster_threshold) or self.cluster_threshold < 1:
             raise ValueError(f"cluster_threshold must be an integer >= 1 (paper: 2), got {self.cluster_threshold!r}.")
-        if self.cluster_rule not in ("translated", "all"):
-            raise ValueError(f"cluster_rule must be 'translated' (training clusters count as one, as the paper's "
-                             f"invariant) or 'all' (every cluster, Algorithm 1), got {self.cluster_rule!r}.")
+        if self.cluster_rule not in ("masking", "translated", "all"):
+            raise ValueError(f"cluster_rule must be 'masking' (training clusters count as one unless masking the "
+                             f"translations' pixels takes a sub-cluster out of the class), 'translated' (training "
+                             f"clusters count as one, as the paper's invariant) or 'all' (every cluster, Algorithm 1), "
+                             f"got {self.cluster_rule!r}.")
+        if not 0 < self.mask_fraction < 1:
+            raise ValueError(f"mask_fraction must be in (0, 1), got {self.mask_fraction!r}.")
+        if not 0 < self.mask_flip_threshold < 1:
+            raise ValueError(f"mask_flip_threshold must be in (0, 1), got {self.mask_flip_threshold!r}.")
+        if not is_int(self.min_subpopulation) or self.min_subpopulation < 1:
+            raise ValueError(f"min_subpopulation must be an integer >= 1, got {self.min_subpopulation!r}.")
         if not is_int(self.min_cluster_size) or self.min_cluster_size < 1:
             raise ValueError(f"min_cluster_size must be an integer >= 1, got {self.min_cluster_size!r}.")
         if self.max_train_per_class is not None and (not is_int(self.max_train_per_class)
@@ -252,11 +266,16 @@ class AEGISDefence(PoisonFilteringDefence):
         n_total = self.nb_seeds * k
         seeds = rng.choice(len(self._x), size=n_total, replace=n_total > len(self._x))
         targets = np.repeat(np.arange(k), self.nb_seeds)
-        np.random.seed(self.seed)  # ART's PGD draws from numpy's global generator
         pgd = ProjectedGradientDescent(self.classifier, norm=2, eps=self.eps, eps_step=self.eps_step,
                                        max_iter=self.max_iter, targeted=True, num_random_init=0,
                                        batch_size=self.batch_size, verbose=self.verbose)
-        x_trans = pgd.generate(self._x[seeds], y=np.eye(k, dtype=np.float32)[targets])
+        state = np.random.get_state()  # ART's PGD draws from numpy's global generator: seed it, then restore it
+        np.random.seed(self.seed)
+        try:
+            x_trans = pgd.generate(self._x[seeds], y=np.eye(k, dtype=np.float32)[targets])
+        finally:
+            np.random.set_state(state)
+        self.seed_indices_ = seeds
         return np.asarray(x_trans, np.float32), targets
 
     def _embed(self, feats: np.ndarray) -> np.ndarray:
@@ -281,6 +300,65 @@ class AEGISDefence(PoisonFilteringDefence):
                 bw = float(np.std(emb)) or 1.0
         labels = MeanShift(bandwidth=bw, bin_seeding=True).fit_predict(emb)
         return labels, float(bw)
+
+    def translation_masks(self, x_trans: np.ndarray, targets: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """
+        Per class, the pixel positions that the translations *toward that class, and toward no other*, paint: the
+        mean translation perturbation ``x_translated - x_seed`` toward class ``y`` (absolute value, averaged over
+        channels) minus its largest value toward any other class; the top ``mask_fraction`` of positions.
+
+        :return: Boolean masks of shape ``(nb_classes, H, W)``.
+        """
+        k = self._adapter.nb_classes
+        delta = np.asarray(x_trans, np.float32) - self._x[seeds]
+        channel_axis = 0 if self._adapter.channels_first else -1  # of one image
+        mean = np.stack([np.abs(delta[targets == c].mean(axis=0)).mean(axis=channel_axis) for c in range(k)])
+        nb_pixels = max(1, int(round(self.mask_fraction * mean[0].size)))
+        masks = np.zeros(mean.shape, bool)
+        for c in range(k):
+            specific = mean[c] - np.delete(mean, c, axis=0).max(axis=0)
+            masks[c].flat[np.argsort(-specific, axis=None)[:nb_pixels]] = True
+        return masks
+
+    def _flip_rate(self, indices: np.ndarray, cls: int, mask: np.ndarray, fill: np.ndarray) -> float:
+        """Fraction of training images ``indices`` not predicted ``cls`` once the positions in ``mask`` hold ``fill``."""
+        x = self._x[indices].copy()
+        if self._adapter.channels_first:
+            x[:, :, mask] = fill[:, mask]
+        else:
+            x[:, mask, :] = fill[mask, :]
+        return float(np.mean(self._adapter.predict_labels(x, batch_size=self.batch_size) != cls))
+
+    def _subpopulations(self, cls: int, idx: np.ndarray, labels: np.ndarray, translated: np.ndarray,
+                        mask: np.ndarray) -> Tuple[Any, List[Dict[str, Any]]]:
+        """
+        The masking test of every training sub-cluster of class ``cls``: the main training cluster (most training
+        images) is the reference; every other cluster made mostly of training images, with at least
+        ``min_subpopulation`` of them, is a candidate. Its images and the main cluster's get the translations'
+        pixels (``mask``) replaced by the main cluster's mean image; a candidate whose flip rate (images leaving
+        ``cls``) exceeds the main cluster's by more than ``mask_flip_threshold`` is a backdoor sub-population.
+
+        :return: ``(main cluster id, [per candidate: cluster, nb_train, nb_translated, flip, flip_main, backdoor])``.
+        """
+        train_labels = labels[: len(idx)]
+        ids, counts = np.unique(train_labels, return_counts=True)
+        main = ids[int(np.argmax(counts))]
+        main_idx = idx[train_labels == main]
+        fill = self._x[main_idx].mean(axis=0)
+        flip_main = None
+        subpopulations = []
+        for i in np.unique(labels):
+            nb_train = int(np.sum(train_labels == i))
+            nb_trans = int(np.sum((labels == i) & translated))
+            if i == main or nb_train <= nb_trans or nb_train < self.min_subpopulation:
+                continue
+            if flip_main is None:
+                flip_main = self._flip_rate(main_idx, cls, mask, fill)
+            flip = self._flip_rate(idx[train_labels == i], cls, mask, fill)
+            subpopulations.append({"cluster": int(i), "nb_train": nb_train, "nb_translated": nb_trans,
+                                   "flip": flip, "flip_main": flip_main,
+                                   "backdoor": bool(flip - flip_main > self.mask_flip_threshold)})
+        return main, subpopulations
 
     # ----------------------------------------------------------------------------------------------------- API
     def detect_poison(self, **kwargs) -> Tuple[Dict[str, Any], List[int]]:
@@ -314,6 +392,7 @@ class AEGISDefence(PoisonFilteringDefence):
         trans_pred = adapter.predict_labels(x_trans)
         feats_trans = adapter.get_features(x_trans, layer=layer, batch_size=self.batch_size)
         feats_train = adapter.get_features(self._x, layer=layer, batch_size=self.batch_size)
+        masks = self.translation_masks(x_trans, targets, self.seed_indices_)
 
         rng = np.random.default_rng(self.seed + 2)
         is_clean = np.ones(len(self._x), int)
@@ -338,8 +417,12 @@ class AEGISDefence(PoisonFilteringDefence):
             sizes_trans = [int(np.sum((labels == i) & translated)) for i in counted]
             n_translated = int(sum(b > a for a, b in zip(sizes_train, sizes_trans)))
             n_training = int(len(counted)) - n_translated
+            main, subpopulations = self._subpopulations(c, idx, labels, translated, masks[c])
+            n_backdoor = int(sum(p["backdoor"] for p in subpopulations))
             if self.cluster_rule == "all":
                 n_clusters = int(len(counted))
+            elif self.cluster_rule == "masking":
+                n_clusters = min(n_training, 1) + n_backdoor + n_translated
             else:
                 n_clusters = min(n_training, 1) + n_translated
             # training images inside clusters made mostly of translated images (a diagnostic, not the paper's rule)
@@ -355,11 +438,15 @@ class AEGISDefence(PoisonFilteringDefence):
                 "nb_translated": int(sel.sum()),
                 "translation_success": float(np.mean(trans_pred[sel] == c)),
                 "train_in_translated_clusters": int(mixed),
+                "subpopulations": subpopulations,
+                "nb_backdoor_subpopulations": n_backdoor,
             }
             if n_clusters > self.cluster_threshold:
-                main = counted[int(np.argmax(sizes_train))]
-                outside = idx[labels[: len(idx)] != main]
-                is_clean[outside] = 0
+                if self.cluster_rule == "masking":
+                    flagged = [p["cluster"] for p in subpopulations if p["backdoor"]]
+                    is_clean[idx[np.isin(labels[: len(idx)], flagged)]] = 0
+                else:
+                    is_clean[idx[labels[: len(idx)] != main]] = 0
             self.embeddings_[c] = emb
             self.cluster_labels_[c] = labels
             self.is_translated_[c] = translated
@@ -385,6 +472,7 @@ class AEGISDefence(PoisonFilteringDefence):
             "seconds": time.perf_counter() - start,
         }
         self.report_ = report
+        self._is_clean = is_clean
         logger.info("AEGIS: clusters per class %s; suspected %s (%.1fs).", nb_clusters, suspected, report["seconds"])
         return report, is_clean.tolist()
 
@@ -400,12 +488,7 @@ class AEGISDefence(PoisonFilteringDefence):
         is_clean = np.asarray(is_clean).astype(int).ravel()
         if len(is_clean) != len(self._x):
             raise ValueError(f"is_clean must have one entry per training image ({len(self._x)}), got {len(is_clean)}.")
-        predicted = np.ones(len(self._x), int)
-        for c, idx in self.train_indices_.items():
-            if self.report_["nb_clusters"][c] > self.cluster_threshold:
-                labels = self.cluster_labels_[c][: len(idx)]
-                values, counts = np.unique(labels, return_counts=True)
-                predicted[idx[labels != values[np.argmax(counts)]]] = 0
+        predicted = np.asarray(self._is_clean, int)
         k = self._adapter.nb_classes
         assigned = [predicted[self._labels == c] for c in range(k)]
         truth = [is_clean[self._labels == c] for c in range(k)]
