@@ -234,15 +234,24 @@ def suite_scenarios():
 
 
 def scenario_order(nb_models: int, boundary: bool):
-    """Validation seed 0, the suite's models, then alternately further validation seeds and boundary points."""
+    """
+    Validation seed 0 and the suite's models, the other validation seeds, then the boundary points by priority
+    (distributed before localised, the other training radii, then the clean models at those radii and shorter
+    training), so that an interrupted run still covers the validation.
+    """
     val = validation_scenarios(nb_models)
-    rest = boundary_scenarios() + suite_scenarios() if boundary else []
-    order = val[:3] + rest[-2:]
-    rest = rest[:-2]
-    for i in range(3, len(val), 3):
-        order += val[i:i + 3] + rest[:3]
-        rest = rest[3:]
-    return order + rest
+    if not boundary:
+        return val
+    bnd = boundary_scenarios()
+
+    def pick(group, attack, fraction=None, eps=None):
+        return [(g, s) for g, s in bnd if g == group and s.attack == attack
+                and (fraction is None or s.fraction == fraction) and (eps is None or s.robust_kwargs["eps"] == eps)]
+
+    first = pick("poison", "distributed", 0.01) + pick("poison", "distributed", 0.025) + pick("eps", "distributed", eps=0.5)
+    second = pick("poison", "localised", 0.025) + pick("poison", "localised", 0.01) + pick("eps", "distributed", eps=2.0)
+    rest = [item for item in bnd if item not in first + second]
+    return val[:3] + suite_scenarios() + val[3:9] + first + val[9:] + second + rest
 
 
 def _key(sc) -> str:
@@ -398,7 +407,7 @@ def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
         for p, e in zip(pc[c]["subpopulations"], extra[c])] for c in pc}
     row = {
         "group": group, "attack": sc.attack or "clean", "fraction": sc.fraction, "seed": sc.seed,
-        "eps": sc.robust_kwargs.get("eps"), "robust_steps": sc.robust_kwargs.get("max_iter"),
+        "eps": sc.robust_kwargs.get("eps", 0.5), "robust_steps": sc.robust_kwargs.get("max_iter", 7),
         "epochs": sc.nb_epochs, "nb_poison": int(ctx.is_poison.sum()), "clean_accuracy": ctx.clean_accuracy,
         "asr": ctx.asr, "train_seconds": ctx.train_seconds, "aegis_seconds": seconds,
         "seconds_translation": report["seconds_translation"], "load_average": (load + os.getloadavg()[0]) / 2,
@@ -434,6 +443,9 @@ def write_report(rows, path_prefix):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for r in rows:  # train_robust's defaults
+        r["eps"] = r["eps"] or 0.5
+        r["robust_steps"] = r["robust_steps"] or 7
     val = [r for r in rows if r["group"] == "validation"]
     lines = ["# AEGIS decision rules (issue 14)", "",
              f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "
