@@ -354,7 +354,8 @@ def rule_outcomes(defence, report, ctx):
             else:
                 keep = [e["pattern_cosine"] > PATTERN_MIN_COSINE for e in extra[c]]
             flagged_clusters[c] = [p["cluster"] for p, f in zip(sub, keep) if f]
-            counts[c] = 1 + n_trans + len(flagged_clusters[c])
+            # the translated clusters count as one (their splits flagged a clean model, never a target class)
+            counts[c] = 1 + min(n_trans, 1) + len(flagged_clusters[c])
         suspected = sorted([c for c in range(k) if counts[c] > defence.cluster_threshold],
                            key=lambda c: (-counts[c], c))
         is_clean = np.ones(len(ctx.x_train), int)
@@ -375,6 +376,24 @@ def rule_outcomes(defence, report, ctx):
             "fpr": float(flagged[~ctx.is_poison].mean()), "nb_flagged": int(flagged.sum()),
         }
     return out, extra
+
+
+def subcluster_outcome(row, rule):
+    """A sub-cluster rule's outcome from a row's stored sub-clusters (translated clusters count as one)."""
+    test = {"masking": lambda p: p["backdoor"], "isolated": lambda p: p["knn_translated"] < ISOLATED_MAX_TRANSLATED,
+            "pattern": lambda p: p["pattern_cosine"] > PATTERN_MIN_COSINE}[rule]
+    flagged = {int(c): [p for p in subs if test(p)] for c, subs in row["subpopulations"].items()}
+    suspected = sorted([c for c, f in flagged.items() if f], key=lambda c: (-len(flagged[c]), c))
+    target = suspected[0] if suspected else None
+    nb_flagged = sum(p["nb_train"] for f in flagged.values() for p in f)
+    flagged_poison = sum(p["nb_poison"] for f in flagged.values() for p in f)
+    attacked = row["attack"] != "clean"
+    return {"detected": bool(suspected), "target_class": target, "suspected_classes": suspected,
+            "target_right": (target == TARGET) if attacked else None,
+            "false_positive_classes": [c for c in suspected if not attacked or c != TARGET],
+            "tpr": flagged_poison / row["nb_poison"] if row["nb_poison"] else float("nan"),
+            "fpr": (nb_flagged - flagged_poison) / (row["nb_train_total"] - row["nb_poison"]),
+            "nb_flagged": nb_flagged}
 
 
 def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
@@ -413,6 +432,8 @@ def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
         "seconds_translation": report["seconds_translation"], "load_average": (load + os.getloadavg()[0]) / 2,
         "rules": rules, "subpopulations": subpops,
         "nb_clusters_all": {c: pc[c]["nb_clusters_all"] for c in pc},
+        "nb_translated_clusters": {c: pc[c]["nb_translated_clusters"] for c in pc},
+        "nb_train_total": int(len(ctx.x_train)),
         "translation_success": report["translation_success"],
     }
     if with_baselines:
@@ -446,6 +467,8 @@ def write_report(rows, path_prefix):
     for r in rows:  # train_robust's defaults
         r["eps"] = r["eps"] or 0.5
         r["robust_steps"] = r["robust_steps"] or 7
+        for rule in ("masking", "isolated", "pattern"):
+            r["rules"][rule] = subcluster_outcome(r, rule)
     val = [r for r in rows if r["group"] == "validation"]
     lines = ["# AEGIS decision rules (issue 14)", "",
              f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "

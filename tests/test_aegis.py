@@ -69,9 +69,9 @@ def test_report_is_complete_on_a_robust_backdoored_model(scenario_ctx):
         assert sum(pc["cluster_sizes_translated"]) == pc["nb_translated"] == 100
         assert pc["nb_clusters"] == report["nb_clusters"][c] >= 2  # training and translated images never merge
         # default rule: the training-majority clusters count as one, plus each training sub-cluster that the masking
-        # test calls a backdoor sub-population, plus each translated-majority cluster
+        # test calls a backdoor sub-population; the translated-majority clusters count as one
         assert pc["nb_backdoor_subpopulations"] == sum(p["backdoor"] for p in pc["subpopulations"])
-        assert pc["nb_clusters"] == 1 + pc["nb_backdoor_subpopulations"] + pc["nb_translated_clusters"]
+        assert pc["nb_clusters"] == 1 + pc["nb_backdoor_subpopulations"] + min(pc["nb_translated_clusters"], 1)
         assert pc["nb_clusters"] <= pc["nb_clusters_all"]
     assert report["detected"] == bool(report["suspected_classes"])
     assert all(report["nb_clusters"][c] > 2 for c in report["suspected_classes"])

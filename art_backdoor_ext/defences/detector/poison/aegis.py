@@ -49,8 +49,9 @@ class AEGISDefence(PoisonFilteringDefence):
     split into two writing styles (a natural sub-population), and, when the backdoor is learnt strongly enough, the
     poisoned training images of the target class form a cluster of their own (a backdoor sub-population). The rules:
 
-    * ``"masking"`` (default): the training clusters count as one, plus every *backdoor* sub-population, plus every
-      cluster made mostly of translated images. A training sub-cluster (a cluster made mostly of training images,
+    * ``"masking"`` (default): the training clusters count as one, plus every *backdoor* sub-population, and the
+      translated clusters count as one (their splits flagged clean models and never a target class in the
+      validation, see below). A training sub-cluster (a cluster made mostly of training images,
       other than the class's main one, with at least ``min_subpopulation`` training images) is a backdoor
       sub-population when it depends on what the translations paint: the pixel positions that the translations
       toward the class, and toward no other class, change the most (the top ``mask_fraction`` of positions of the
@@ -151,9 +152,9 @@ class AEGISDefence(PoisonFilteringDefence):
         :param bandwidth: Mean-shift bandwidth; ``None`` = ``estimate_bandwidth`` per class (paper).
         :param bandwidth_quantile: ``quantile`` passed to ``estimate_bandwidth`` (scikit-learn's default 0.3).
         :param cluster_threshold: A class with more clusters than this is suspected (paper: 2).
-        :param cluster_rule: ``"masking"``: the clusters made mostly of training images count as one unless the
-                             masking test calls one a backdoor sub-population, each cluster made mostly of translated
-                             images counts; ``"translated"``: the clusters made mostly of training images count as
+        :param cluster_rule: ``"masking"``: the clusters made mostly of training images count as one, plus each
+                             one that the masking test calls a backdoor sub-population; the clusters made mostly of
+                             translated images count as one; ``"translated"``: the clusters made mostly of training images count as
                              one, each cluster made mostly of translated images counts (the paper's invariant);
                              ``"all"``: every cluster counts (Algorithm 1 literally). See the class docstring.
         :param min_cluster_size: Clusters with fewer points are not counted (1 = count every cluster, as the paper).
@@ -450,7 +451,7 @@ class AEGISDefence(PoisonFilteringDefence):
             if self.cluster_rule == "all":
                 n_clusters = int(len(counted))
             elif self.cluster_rule == "masking":
-                n_clusters = min(n_training, 1) + n_backdoor + n_translated
+                n_clusters = min(n_training, 1) + n_backdoor + min(n_translated, 1)
             else:
                 n_clusters = min(n_training, 1) + n_translated
             # training images inside clusters made mostly of translated images (a diagnostic, not the paper's rule)
