@@ -51,14 +51,15 @@ class AEGISDefence(PoisonFilteringDefence):
 
     * ``"masking"`` (default): the training clusters count as one, plus every *backdoor* sub-population, and the
       translated clusters count as one (their splits flagged clean models and never a target class in the
-      validation, see below). A training sub-cluster (a cluster made mostly of training images,
-      other than the class's main one, with at least ``min_subpopulation`` training images) is a backdoor
-      sub-population when it depends on what the translations paint: the pixel positions that the translations
+      validation, see below). A training sub-population (the training images of a cluster other than the class's
+      main training cluster, at least ``min_subpopulation`` of them, whether they make a cluster of their own or
+      share one with translated images: the poisoned images do either) is a backdoor sub-population when it
+      depends on what the translations paint: the pixel positions that the translations
       toward the class, and toward no other class, change the most (the top ``mask_fraction`` of positions of the
       mean ``|x_translated - x_seed|`` toward the class minus its largest value toward another class; translations
       from other classes' seeds carry the trigger) are replaced by the main training cluster's mean image, in the
-      sub-cluster's images and in the main cluster's; when the fraction of the sub-cluster's images that then leave
-      the class exceeds the main cluster's by more than ``mask_flip_threshold``, the sub-cluster is a backdoor
+      sub-population's images and in the main cluster's; when the fraction of the sub-population's images that then
+      leave the class exceeds the main cluster's by more than ``mask_flip_threshold``, it is a backdoor
       sub-population. Poisoned images are source-class images that belong to the target class only through the
       trigger, so they leave; a writing style belongs to the class through its own strokes, and the main cluster's
       mean image puts the class's usual strokes back, so it stays. ``is_clean`` marks exactly the backdoor
@@ -160,11 +161,11 @@ class AEGISDefence(PoisonFilteringDefence):
         :param min_cluster_size: Clusters with fewer points are not counted (1 = count every cluster, as the paper).
         :param mask_fraction: Fraction of the pixel positions masked by the masking test (the positions that the
                               translations toward the class, and toward no other class, change the most).
-        :param mask_flip_threshold: A training sub-cluster is a backdoor sub-population when masking takes more of
+        :param mask_flip_threshold: A training sub-population is a backdoor sub-population when masking takes more of
                                     its images out of the class than of the main training cluster's, by more than
                                     this fraction.
-        :param min_subpopulation: Training sub-clusters with fewer training images are not tested (they count with
-                                  the main training cluster).
+        :param min_subpopulation: Clusters with fewer training images are not tested (they count as the main
+                                  training cluster or as translated clusters).
         :param max_train_per_class: Use at most this many training images per class (random, seeded); ``None`` = all.
                                     Images left out are always marked clean in ``is_clean``.
         :param batch_size: Batch size of PGD and feature extraction.
