@@ -362,11 +362,12 @@ class AEGISDefence(PoisonFilteringDefence):
     def _subpopulations(self, cls: int, idx: np.ndarray, labels: np.ndarray, translated: np.ndarray,
                         mask: np.ndarray) -> Tuple[Any, List[Dict[str, Any]]]:
         """
-        The masking test of every training sub-cluster of class ``cls``: the main training cluster (most training
-        images) is the reference; every other cluster made mostly of training images, with at least
-        ``min_subpopulation`` of them, is a candidate. Its images and the main cluster's get the translations'
-        pixels (``mask``) replaced by the main cluster's mean image; a candidate whose flip rate (images leaving
-        ``cls``) exceeds the main cluster's by more than ``mask_flip_threshold`` is a backdoor sub-population.
+        The masking test of every training sub-population of class ``cls``: the main training cluster (most training
+        images) is the reference; the training images of every other cluster (made mostly of training images, or
+        sharing a cluster with translated images), when at least ``min_subpopulation``, are a candidate. Its images
+        and the main cluster's get the translations' pixels (``mask``) replaced by the main cluster's mean image; a
+        candidate whose flip rate (images leaving ``cls``) exceeds the main cluster's by more than
+        ``mask_flip_threshold`` is a backdoor sub-population.
 
         :return: ``(main cluster id, [per candidate: cluster, nb_train, nb_translated, flip, flip_main, backdoor])``.
         """
@@ -380,7 +381,7 @@ class AEGISDefence(PoisonFilteringDefence):
         for i in np.unique(labels):
             nb_train = int(np.sum(train_labels == i))
             nb_trans = int(np.sum((labels == i) & translated))
-            if i == main or nb_train <= nb_trans or nb_train < self.min_subpopulation:
+            if i == main or nb_train < self.min_subpopulation:
                 continue
             if flip_main is None:
                 flip_main = self._flip_rate(main_idx, cls, mask, fill)
