@@ -72,7 +72,8 @@ def test_report_is_complete_on_a_robust_backdoored_model(scenario_ctx):
         # test calls a backdoor sub-population; the translated-majority clusters count as one
         assert pc["nb_backdoor_subpopulations"] == sum(p["backdoor"] for p in pc["subpopulations"])
         assert pc["nb_clusters"] == 1 + pc["nb_backdoor_subpopulations"] + min(pc["nb_translated_clusters"], 1)
-        assert pc["nb_clusters"] <= pc["nb_clusters_all"]
+        # a backdoor sub-population may share a cluster with translated images, and then counts apart from them
+        assert pc["nb_clusters"] <= pc["nb_clusters_all"] + pc["nb_backdoor_subpopulations"]
     assert report["detected"] == bool(report["suspected_classes"])
     assert all(report["nb_clusters"][c] > 2 for c in report["suspected_classes"])
 
