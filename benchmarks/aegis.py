@@ -396,6 +396,15 @@ def subcluster_outcome(row, rule):
             "nb_flagged": nb_flagged}
 
 
+def finalise_row(row):
+    """Fill train_robust's defaults and (re)derive the sub-cluster rules from the stored sub-clusters."""
+    row["eps"] = row["eps"] or 0.5
+    row["robust_steps"] = row["robust_steps"] or 7
+    for rule in ("masking", "isolated", "pattern"):
+        row["rules"][rule] = subcluster_outcome(row, rule)
+    return row
+
+
 def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
     """AEGIS (default parameters) once, every rule's outcome from that run, and AC/SS on the same model."""
     from art_backdoor_ext.defences.detector.poison.aegis import AEGISDefence
@@ -464,11 +473,8 @@ def write_report(rows, path_prefix):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for r in rows:  # train_robust's defaults
-        r["eps"] = r["eps"] or 0.5
-        r["robust_steps"] = r["robust_steps"] or 7
-        for rule in ("masking", "isolated", "pattern"):
-            r["rules"][rule] = subcluster_outcome(r, rule)
+    for r in rows:
+        finalise_row(r)
     val = [r for r in rows if r["group"] == "validation"]
     lines = ["# AEGIS decision rules (issue 14)", "",
              f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "
@@ -611,7 +617,8 @@ def main():
     for group, sc in todo:
         if args.report_only and not os.path.exists(os.path.join(args.cache_dir, _key(sc) + "_aegis14.json")):
             continue
-        row = run_model(group, sc, args.cache_dir, with_baselines=not args.no_baselines, dump_dir=args.dump_dir)
+        row = finalise_row(run_model(group, sc, args.cache_dir, with_baselines=not args.no_baselines,
+                                     dump_dir=args.dump_dir))
         rows.append(row)
         m = row["rules"]["masking"]
         print(f"{group} {row['attack']} seed {row['seed']} eps {row['eps']} {row['epochs']}x{row['robust_steps']} "
