@@ -58,15 +58,17 @@ def save_plots(defence, label, classes):
     return paths
 
 
-def main():
+def issue6_tables(argv=None):
+    """The issue-6 tables (paper Tables 5, 6, 11, 12 at small scale, RQ3); writes results/aegis_issue6.*."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--issue6", action="store_true")
     parser.add_argument("--quick", action="store_true", help="localised + clean models only, 100 seeds")
     parser.add_argument("--epochs", type=int, default=None, help="robust training epochs")
     parser.add_argument("--robust-steps", type=int, default=5, help="PGD steps of robust training")
     parser.add_argument("--invisible-fraction", type=float, default=0.1)
     parser.add_argument("--no-rq3", action="store_true")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     os.makedirs(RESULTS, exist_ok=True)
 
@@ -146,9 +148,9 @@ def main():
                             "seconds": time.perf_counter() - start})
                 print(f"RQ3 RE on {'robust' if is_robust else 'standard'}: {rq3[-1]}", flush=True)
 
-    lines = [f"AEGIS on robust compact CNNs, mnist-5k, target {TARGET}, {epochs} robust epochs "
+    lines = [f"AEGIS (issue 6) on robust compact CNNs, mnist-5k, target {TARGET}, {epochs} robust epochs "
              f"(L2 PGD eps 0.5, {args.robust_steps} steps); AEGIS params {params} (other parameters: defaults, "
-             "cluster_rule 'translated').", "",
+             "cluster_rule 'translated' at the time; now run with the default).", "",
              "Clusters per class: default rule (training clusters count as one, each translated-majority cluster "
              "counts); 'all' = every mean-shift cluster (Algorithm 1 literally), from the same run. Seconds measured "
              "on 2 CPU cores shared with other jobs (inflated).", "",
@@ -180,13 +182,455 @@ def main():
                          f"{r['target_class']} | {r['tpr']:.3f} | {r['notes']} | {r['seconds']:.1f} |")
     lines += ["", "Plots: " + ", ".join(os.path.relpath(p, os.path.dirname(RESULTS)) for p in plots)]
     table = "\n".join(lines)
-    name = "aegis_quick" if args.quick else "aegis"
+    name = "aegis_issue6_quick" if args.quick else "aegis_issue6"
     with open(os.path.join(RESULTS, name + ".md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     with open(os.path.join(RESULTS, name + ".json"), "w", encoding="utf-8") as f:
         json.dump({"models": rows, "rq3": rq3, "params": params, "epochs": epochs}, f, indent=2, default=str)
     print(table)
 
+# ------------------------------------------------------------------------------------------------ issue 14
+ROBUST_KW = {"eps": 1.0, "max_iter": 7}
+EPOCHS = 8
+RULES = ("masking", "translated", "all", "isolated", "pattern")
+ISOLATED_MAX_TRANSLATED = 0.05
+PATTERN_MIN_COSINE = 0.5
+
+
+def validation_scenarios(nb_models: int):
+    """Clean, distributed 5% and localised 5% robust models (eps 1.0, 7 steps, 8 epochs), seeds 0..nb_models-1."""
+    out = []
+    for seed in range(nb_models):
+        for attack, fraction in ((None, None), ("distributed", 0.05), ("localised", 0.05)):
+            out.append(("validation", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS,
+                                               robust=True, robust_kwargs=dict(ROBUST_KW), seed=seed)))
+    return out
+
+
+def boundary_scenarios():
+    """Seed 0: fewer poisoned images (2.5%, 1%, 0.5% of mnist-5k), other training radii (0.5, 2.0), shorter training."""
+    out = []
+    for fraction in (0.025, 0.01, 0.005):
+        for attack in ("distributed", "localised"):
+            out.append(("poison", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS,
+                                           robust=True, robust_kwargs=dict(ROBUST_KW))))
+    for eps in (0.5, 2.0):
+        for attack, fraction in (("distributed", 0.05), (None, None)):
+            out.append(("eps", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS, robust=True,
+                                        robust_kwargs={"eps": eps, "max_iter": 7})))
+    # cheaper training (5 epochs of 5 steps, as the test suite's models)
+    for eps in (0.5, 1.0):
+        out.append(("epochs", Scenario(attack="distributed", target=TARGET, fraction=0.05, nb_epochs=5, robust=True,
+                                       robust_kwargs={"eps": eps, "max_iter": 5})))
+    return out
+
+
+def suite_scenarios():
+    """The test suite's (and issue 6's) models: eps 0.5, 5 epochs of 5 steps, clean and localised 1%."""
+    return [("suite", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=5, robust=True,
+                               robust_kwargs={"max_iter": 5})) for attack, fraction in ((None, None),
+                                                                                       ("localised", 0.01))]
+
+
+def scenario_order(nb_models: int, boundary: bool):
+    """
+    Validation seed 0 and the suite's models, the other validation seeds, then the boundary points by priority
+    (distributed before localised, the other training radii, then the clean models at those radii and shorter
+    training), so that an interrupted run still covers the validation.
+    """
+    val = validation_scenarios(nb_models)
+    if not boundary:
+        return val
+    bnd = boundary_scenarios()
+
+    def pick(group, attack, fraction=None, eps=None):
+        return [(g, s) for g, s in bnd if g == group and s.attack == attack
+                and (fraction is None or s.fraction == fraction) and (eps is None or s.robust_kwargs["eps"] == eps)]
+
+    first = pick("poison", "distributed", 0.01) + pick("poison", "distributed", 0.025) + pick("eps", "distributed", eps=0.5)
+    second = pick("poison", "localised", 0.025) + pick("poison", "localised", 0.01) + pick("eps", "distributed", eps=2.0)
+    rest = [item for item in bnd if item not in first + second]
+    return val[:3] + suite_scenarios() + val[3:9] + first + val[9:] + second + rest
+
+
+def _key(sc) -> str:
+    import dataclasses
+    import hashlib
+
+    text = json.dumps(dataclasses.asdict(sc), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def cached_scenario(sc, cache_dir):
+    """``prepare_scenario`` with the trained weights kept in ``cache_dir`` (PyTorch state dicts, pickled)."""
+    import pickle
+
+    from art_backdoor_ext.evaluation import ScenarioContext
+
+    if cache_dir is None or sc.framework != "pytorch":
+        return prepare_scenario(sc)
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, _key(sc) + ".pkl")
+    meta = os.path.join(cache_dir, _key(sc) + ".json")
+    if not os.path.exists(path):
+        ctx = prepare_scenario(sc)
+        with open(path, "wb") as f:
+            pickle.dump(ctx.classifier.model.state_dict(), f)
+        with open(meta, "w", encoding="utf-8") as f:
+            json.dump({"train_seconds": ctx.train_seconds, "load": os.getloadavg()[0]}, f)
+        return ctx
+    original = ScenarioContext.train_model
+
+    def load(self, x, y, seed=None):
+        from art_backdoor_ext.models import make_classifier
+
+        clf = make_classifier(sc.framework, nb_classes=self.nb_classes, width=sc.width, x_train=x, y_train=y,
+                              nb_epochs=0, batch_size=sc.batch_size, seed=sc.seed)
+        with open(path, "rb") as f:
+            clf.model.load_state_dict(pickle.load(f))
+        return clf
+
+    ScenarioContext.train_model = load
+    try:
+        ctx = prepare_scenario(sc)
+    finally:
+        ScenarioContext.train_model = original
+    with open(meta, encoding="utf-8") as f:
+        ctx.train_seconds = json.load(f)["train_seconds"]
+    return ctx
+
+
+def _extra_rule_scores(defence):
+    """
+    Per class, per training sub-cluster (as the masking rule's candidates), the scores of the two alternative rules:
+    ``knn_translated`` (fraction of translated points among the 10 t-SNE neighbours of its points; "isolated" when
+    under ISOLATED_MAX_TRANSLATED) and ``pattern_cosine`` (cosine between the positive part of its mean image minus the
+    main cluster's and the positive part of the translations' mean image minus the main cluster's).
+    """
+    out = {}
+    x = defence._x  # pylint: disable=protected-access
+    for c, sub in ((c, defence.report_["per_class"][c]["subpopulations"]) for c in defence.train_indices_):
+        idx, labels = defence.train_indices_[c], defence.cluster_labels_[c]
+        emb, trans = defence.embeddings_[c], defence.is_translated_[c]
+        train_labels = labels[: len(idx)]
+        values, counts = np.unique(train_labels, return_counts=True)
+        main_mean = x[idx[train_labels == values[np.argmax(counts)]]].mean(axis=0).ravel()
+        carried = np.clip(defence.translated_[c].mean(axis=0).ravel() - main_mean, 0, None)
+        scores = []
+        for p in sub:
+            members = train_labels == p["cluster"]
+            pts = emb[: len(idx)][members]
+            d2 = ((pts[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+            nn = np.argsort(d2, axis=1)[:, 1:11]
+            diff = np.clip(x[idx[members]].mean(axis=0).ravel() - main_mean, 0, None)
+            cos = float(diff @ carried / (np.linalg.norm(diff) * np.linalg.norm(carried) + 1e-12))
+            scores.append({"knn_translated": float(trans[nn].mean()), "pattern_cosine": cos})
+        out[c] = scores
+    return out
+
+
+def rule_outcomes(defence, report, ctx):
+    """Detection, target and ``is_clean`` of every rule of RULES, all from one AEGIS run."""
+    pc = report["per_class"]
+    extra = _extra_rule_scores(defence)
+    k = len(pc)
+    out = {}
+    for rule in RULES:
+        counts, flagged_clusters = {}, {}
+        for c in range(k):
+            n_trans = pc[c]["nb_translated_clusters"]
+            sub = pc[c]["subpopulations"]
+            if rule == "all":
+                counts[c], flagged_clusters[c] = pc[c]["nb_clusters_all"], None
+                continue
+            if rule == "translated":
+                counts[c], flagged_clusters[c] = 1 + n_trans, None
+                continue
+            if rule == "masking":
+                keep = [p["backdoor"] for p in sub]
+            elif rule == "isolated":
+                keep = [e["knn_translated"] < ISOLATED_MAX_TRANSLATED for e in extra[c]]
+            else:
+                keep = [e["pattern_cosine"] > PATTERN_MIN_COSINE for e in extra[c]]
+            flagged_clusters[c] = [p["cluster"] for p, f in zip(sub, keep) if f]
+            # the translated clusters count as one (their splits flagged a clean model, never a target class)
+            counts[c] = 1 + min(n_trans, 1) + len(flagged_clusters[c])
+        suspected = sorted([c for c in range(k) if counts[c] > defence.cluster_threshold],
+                           key=lambda c: (-counts[c], c))
+        is_clean = np.ones(len(ctx.x_train), int)
+        for c in suspected:
+            idx, labels = defence.train_indices_[c], defence.cluster_labels_[c][: len(defence.train_indices_[c])]
+            if flagged_clusters[c] is None:  # the earlier marking: outside the main training cluster
+                values, nb = np.unique(labels, return_counts=True)
+                is_clean[idx[labels != values[np.argmax(nb)]]] = 0
+            else:
+                is_clean[idx[np.isin(labels, flagged_clusters[c])]] = 0
+        target = suspected[0] if suspected else None
+        flagged = is_clean == 0
+        out[rule] = {
+            "detected": bool(suspected), "target_class": target, "suspected_classes": suspected,
+            "target_right": (target == ctx.target) if ctx.target is not None else None,
+            "false_positive_classes": [c for c in suspected if c != ctx.target],
+            "tpr": float(flagged[ctx.is_poison].mean()) if ctx.is_poison.any() else float("nan"),
+            "fpr": float(flagged[~ctx.is_poison].mean()), "nb_flagged": int(flagged.sum()),
+        }
+    return out, extra
+
+
+def subcluster_outcome(row, rule):
+    """A sub-cluster rule's outcome from a row's stored sub-clusters (translated clusters count as one)."""
+    test = {"masking": lambda p: p["backdoor"], "isolated": lambda p: p["knn_translated"] < ISOLATED_MAX_TRANSLATED,
+            "pattern": lambda p: p["pattern_cosine"] > PATTERN_MIN_COSINE}[rule]
+    flagged = {int(c): [p for p in subs if test(p)] for c, subs in row["subpopulations"].items()}
+    suspected = sorted([c for c, f in flagged.items() if f], key=lambda c: (-len(flagged[c]), c))
+    target = suspected[0] if suspected else None
+    nb_flagged = sum(p["nb_train"] for f in flagged.values() for p in f)
+    flagged_poison = sum(p["nb_poison"] for f in flagged.values() for p in f)
+    attacked = row["attack"] != "clean"
+    return {"detected": bool(suspected), "target_class": target, "suspected_classes": suspected,
+            "target_right": (target == TARGET) if attacked else None,
+            "false_positive_classes": [c for c in suspected if not attacked or c != TARGET],
+            "tpr": flagged_poison / row["nb_poison"] if row["nb_poison"] else float("nan"),
+            "fpr": (nb_flagged - flagged_poison) / (row["nb_train_total"] - row["nb_poison"]),
+            "nb_flagged": nb_flagged}
+
+
+def finalise_row(row):
+    """Fill train_robust's defaults and (re)derive the sub-cluster rules from the stored sub-clusters."""
+    row["eps"] = row["eps"] or 0.5
+    row["robust_steps"] = row["robust_steps"] or 7
+    for rule in ("masking", "isolated", "pattern"):
+        row["rules"][rule] = subcluster_outcome(row, rule)
+    return row
+
+
+def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
+    """AEGIS (default parameters) once, every rule's outcome from that run, and AC/SS on the same model."""
+    from art_backdoor_ext.defences.detector.poison.aegis import AEGISDefence
+    from art_backdoor_ext.evaluation import run_defences
+
+    result_path = os.path.join(cache_dir, _key(sc) + "_aegis14.json") if cache_dir else None
+    if result_path and os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            return json.load(f)
+    ctx = cached_scenario(sc, cache_dir)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    defence = AEGISDefence(ctx.classifier, ctx.x_train, ctx.y_train)
+    report, _ = defence.detect_poison()
+    seconds = time.perf_counter() - start
+    rules, extra = rule_outcomes(defence, report, ctx)
+    if dump_dir:  # arrays for post-hoc analysis of the rules
+        os.makedirs(dump_dir, exist_ok=True)
+        arrays = {"is_poison": ctx.is_poison, "seeds": defence.seed_indices_}
+        for c in defence.train_indices_:
+            arrays.update({f"emb{c}": defence.embeddings_[c], f"lab{c}": defence.cluster_labels_[c],
+                           f"tr{c}": defence.is_translated_[c], f"xt{c}": defence.translated_[c],
+                           f"idx{c}": defence.train_indices_[c]})
+        np.savez_compressed(os.path.join(dump_dir, _key(sc) + ".npz"), **arrays)
+    pc = report["per_class"]
+    subpops = {c: [{**p, **e, "nb_poison": int(ctx.is_poison[defence.train_indices_[c][
+        defence.cluster_labels_[c][: len(defence.train_indices_[c])] == p["cluster"]]].sum())}
+        for p, e in zip(pc[c]["subpopulations"], extra[c])] for c in pc}
+    row = {
+        "group": group, "attack": sc.attack or "clean", "fraction": sc.fraction, "seed": sc.seed,
+        "eps": sc.robust_kwargs.get("eps", 0.5), "robust_steps": sc.robust_kwargs.get("max_iter", 7),
+        "epochs": sc.nb_epochs, "nb_poison": int(ctx.is_poison.sum()), "clean_accuracy": ctx.clean_accuracy,
+        "asr": ctx.asr, "train_seconds": ctx.train_seconds, "aegis_seconds": seconds,
+        "seconds_translation": report["seconds_translation"], "load_average": (load + os.getloadavg()[0]) / 2,
+        "rules": rules, "subpopulations": subpops,
+        "nb_clusters_all": {c: pc[c]["nb_clusters_all"] for c in pc},
+        "nb_translated_clusters": {c: pc[c]["nb_translated_clusters"] for c in pc},
+        "nb_train_total": int(len(ctx.x_train)),
+        "translation_success": report["translation_success"],
+    }
+    if with_baselines:
+        row["baselines"] = {r.defence: {"detected": r.detected, "target_class": r.target_class, "tpr": r.tpr,
+                                        "fpr": r.fpr, "seconds": r.seconds}
+                            for r in run_defences(ctx, ["ac", "ss"])}
+    row = json.loads(json.dumps(row, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    if result_path:
+        with open(result_path, "w", encoding="utf-8") as f:
+            json.dump(row, f)
+    return row
+
+
+def _cell(v, digits=2):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_report(rows, path_prefix):
+    """aegis.md / aegis.json / aegis_boundary.png from the model rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for r in rows:
+        finalise_row(r)
+    val = [r for r in rows if r["group"] == "validation"]
+    lines = ["# AEGIS decision rules (issue 14)", "",
+             f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "
+             f"{ROBUST_KW['max_iter']} steps, {EPOCHS} epochs unless stated), target {TARGET}. AEGIS runs once per "
+             "model with its default parameters (never tuned per model); every rule is applied to that one run. "
+             "Rules: **masking** (default): training clusters count as one unless masking the translations' "
+             "class-specific pixels takes a training sub-cluster out of the class; **translated**: training clusters "
+             "count as one, translated clusters each; **all**: every mean-shift cluster (Algorithm 1); "
+             f"**isolated**: a training sub-cluster counts when under {ISOLATED_MAX_TRANSLATED:.0%} of its t-SNE "
+             f"neighbours are translated images; **pattern**: a training sub-cluster counts when its distinctive "
+             f"pattern (positive part of its mean minus the main cluster's) has cosine > {PATTERN_MIN_COSINE} with "
+             "what the translations carry (positive part of their mean minus the main cluster's). A class is suspected "
+             "above 2 clusters. TPR/FPR: the `is_clean` marking over all training images (poisoned / clean). "
+             "AC (ART, 2-means, relative size 0.35) and SS (ART, oracle poison fraction) on the same models. "
+             "Seconds: measured under load (2 cores shared with other jobs; `load` = 1-min load average).", ""]
+
+    def summary(rows_, rule):
+        clean = [r for r in rows_ if r["attack"] == "clean"]
+        bd = [r for r in rows_ if r["attack"] != "clean"]
+        fp_models = sum(r["rules"][rule]["detected"] for r in clean)
+        fp_classes = sum(len(r["rules"][rule]["false_positive_classes"]) for r in rows_)
+        det = sum(r["rules"][rule]["detected"] and r["rules"][rule]["target_right"] for r in bd)
+        tpr = np.nanmean([r["rules"][rule]["tpr"] for r in bd]) if bd else float("nan")
+        fpr = np.mean([r["rules"][rule]["fpr"] for r in rows_]) if rows_ else float("nan")
+        return fp_models, len(clean), det, len(bd), fp_classes, tpr, fpr
+
+    lines += ["## Summary over the validation models", "",
+              "| rule | false-positive models (clean) | backdoored detected, right target | false-positive classes "
+              "(all models) | mean TPR (backdoored) | mean FPR (all) |", "|---|---|---|---|---|---|"]
+    for rule in RULES:
+        fpm, nc, det, nb, fpc, tpr, fpr = summary(val, rule)
+        lines.append(f"| {rule}{' (default)' if rule == 'masking' else ''} | {fpm}/{nc} | {det}/{nb} | {fpc} | "
+                     f"{_cell(tpr, 3)} | {_cell(fpr, 4)} |")
+    for base in ("ac", "ss"):
+        bd = [r for r in val if r["attack"] != "clean" and "baselines" in r]
+        if not bd:
+            continue
+        lines.append(f"| {base.upper()} (baseline) | "
+                     f"{sum(bool(r['baselines'][base]['detected']) for r in val if r['attack'] == 'clean')}/"
+                     f"{sum(r['attack'] == 'clean' for r in val)} | "
+                     f"{sum(bool(r['baselines'][base]['detected']) and r['baselines'][base]['target_class'] == TARGET for r in bd)}"
+                     f"/{len(bd)} | - | {_cell(np.nanmean([r['baselines'][base]['tpr'] for r in bd]), 3)} | "
+                     f"{_cell(np.mean([r['baselines'][base]['fpr'] for r in val]), 4)} |")
+
+    def table(rows_):
+        out = ["| model | seed | eps | epochs | poisoned | acc | ASR | " + " | ".join(RULES) +
+               " | masking TPR/FPR | training sub-clusters (class: train, translated, poisoned, flip/flip main) "
+               "| AC TPR/FPR | SS TPR/FPR | AEGIS s (load) |", "|" + "---|" * (13 + len(RULES) - 5 + 4)]
+        for r in rows_:
+            cells = []
+            for rule in RULES:
+                o = r["rules"][rule]
+                if not o["detected"]:
+                    cells.append("-")
+                else:
+                    fp = o["false_positive_classes"]
+                    cells.append(f"{o['target_class']}{' ok' if o['target_right'] else ''}"
+                                 f"{' FP ' + str(fp) if fp else ''}")
+            m = r["rules"]["masking"]
+            subs = "; ".join(f"{c}: {p['nb_train']},{p['nb_translated']},{p['nb_poison']},"
+                             f"{p['flip']:.2f}/{p['flip_main']:.2f}" for c, ps in r["subpopulations"].items()
+                             for p in ps) or "-"
+            b = r.get("baselines", {})
+            ac = f"{_cell(b['ac']['tpr'])}/{_cell(b['ac']['fpr'], 3)}" if b else "-"
+            ss = f"{_cell(b['ss']['tpr'])}/{_cell(b['ss']['fpr'], 3)}" if b else "-"
+            out.append(f"| {r['attack']} | {r['seed']} | {r['eps']} | {r['epochs']}x{r['robust_steps']} | "
+                       f"{r['nb_poison']} | {r['clean_accuracy']:.3f} | {_cell(r['asr'], 3)} | " + " | ".join(cells) +
+                       f" | {_cell(m['tpr'])}/{_cell(m['fpr'], 4)} | {subs} | {ac} | {ss} | "
+                       f"{r['aegis_seconds']:.0f} ({r['load_average']:.1f}) |")
+        return out
+
+    lines += ["", "Cells: the target class found (`ok` when right) and false-positive classes; `-` = nothing "
+              "suspected.", "", "## Validation models", ""] + table(val)
+    bnd = [r for r in rows if r["group"] != "validation"]
+    ref = [r for r in val if r["seed"] == 0]
+    lines += ["", "## Operating boundary (seed 0)", ""] + table(sorted(ref + bnd, key=lambda r: (
+        r["group"], r["attack"], -(r["nb_poison"]), r["eps"], r["epochs"])))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for attack, marker in (("distributed", "o"), ("localised", "s")):
+        pts = sorted([r for r in ref + bnd if r["attack"] == attack and r["eps"] == ROBUST_KW["eps"]
+                      and r["epochs"] == EPOCHS], key=lambda r: r["nb_poison"])
+        if pts:
+            n = [r["nb_poison"] for r in pts]
+            axes[0].plot(n, [float(r["rules"]["masking"]["detected"] and r["rules"]["masking"]["target_right"])
+                             for r in pts], marker=marker, label=f"{attack}: detected (target right)")
+            axes[0].plot(n, [r["rules"]["masking"]["tpr"] for r in pts], marker=marker, ls="--",
+                         label=f"{attack}: is_clean TPR")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("poisoned training images (mnist-5k)")
+    axes[0].set_title(f"vs poisoning (eps {ROBUST_KW['eps']}, {EPOCHS} epochs, seed 0)")
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=7)
+    pts = sorted([r for r in ref + bnd if r["attack"] == "distributed" and r["fraction"] == 0.05
+                  and r["epochs"] == EPOCHS], key=lambda r: r["eps"])
+    if pts:
+        e = [r["eps"] for r in pts]
+        axes[1].plot(e, [float(r["rules"]["masking"]["detected"] and r["rules"]["masking"]["target_right"])
+                         for r in pts], marker="o", label="distributed 5%: detected (target right)")
+        axes[1].plot(e, [r["rules"]["masking"]["tpr"] for r in pts], marker="o", ls="--", label="is_clean TPR")
+        clean = sorted([r for r in ref + bnd if r["attack"] == "clean" and r["epochs"] == EPOCHS],
+                       key=lambda r: r["eps"])
+        axes[1].plot([r["eps"] for r in clean], [float(r["rules"]["masking"]["detected"]) for r in clean],
+                     marker="x", ls=":", label="clean model: flagged")
+    axes[1].set_xlabel("L2 radius of adversarial training")
+    axes[1].set_title(f"vs robustness ({EPOCHS} epochs, seed 0)")
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path_prefix + "_boundary.png", dpi=110)
+    plt.close(fig)
+    lines += ["", f"Plot: results/{os.path.basename(path_prefix)}_boundary.png"]
+    with open(path_prefix + ".md", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path_prefix + ".json", "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "robust": ROBUST_KW, "epochs": EPOCHS}, f, indent=1)
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=5, help="validation models per kind (clean, distributed, "
+                                                                "localised)")
+    parser.add_argument("--quick", action="store_true", help="one model per kind, no boundary, no AC/SS "
+                                                             "(writes results/aegis_quick.*)")
+    parser.add_argument("--no-boundary", action="store_true")
+    parser.add_argument("--no-baselines", action="store_true", help="skip AC/SS")
+    parser.add_argument("--cache-dir", default=None, help="keep trained weights and per-model results here")
+    parser.add_argument("--dump-dir", default=None, help="save each run's embeddings and translations here")
+    parser.add_argument("--report-only", action="store_true", help="only models with cached results")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    os.makedirs(RESULTS, exist_ok=True)
+    if args.quick:
+        args.models, args.no_boundary, args.no_baselines = 1, True, True
+    todo = scenario_order(args.models, not args.no_boundary)
+    rows = []
+    for group, sc in todo:
+        if args.report_only and not os.path.exists(os.path.join(args.cache_dir, _key(sc) + "_aegis14.json")):
+            continue
+        row = finalise_row(run_model(group, sc, args.cache_dir, with_baselines=not args.no_baselines,
+                                     dump_dir=args.dump_dir))
+        rows.append(row)
+        m = row["rules"]["masking"]
+        print(f"{group} {row['attack']} seed {row['seed']} eps {row['eps']} {row['epochs']}x{row['robust_steps']} "
+              f"poison {row['nb_poison']}: acc {row['clean_accuracy']:.3f} ASR {_cell(row['asr'], 3)}; masking "
+              f"detected {m['detected']} target {m['target_class']} FP {m['false_positive_classes']} TPR "
+              f"{_cell(m['tpr'])} FPR {m['fpr']:.4f}; AEGIS {row['aegis_seconds']:.0f}s "
+              f"(load {row['load_average']:.1f})", flush=True)
+    print(write_report(rows, os.path.join(RESULTS, "aegis_quick" if args.quick else "aegis")))
+
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--issue6" in sys.argv:
+        issue6_tables()
+    else:
+        main()
