@@ -170,7 +170,10 @@ def test_inference_effect_size_condition():
     norms = rng.uniform(4.5, 5.5, (k, k))
     np.fill_diagonal(norms, np.nan)
     norms[5, 3] = 3.0  # a natural confusion: 0.6 of its source's median
-    defence = ReverseEngineeringDefence(object.__new__(object), np.zeros((3, 1, 2, 2)), np.arange(3), theta=0.05)
+    from art_backdoor_ext.models import make_classifier
+
+    untrained = make_classifier("pytorch", input_shape=(1, 8, 8), nb_epochs=0)  # only _inference is exercised
+    defence = ReverseEngineeringDefence(untrained, np.zeros((3, 1, 8, 8), np.float32), np.arange(3), theta=0.05)
     recip = 1.0 / norms
     present = np.arange(k)
     alone = defence._inference(recip, present)
