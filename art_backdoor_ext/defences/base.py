@@ -18,7 +18,7 @@ A defence implements ``_check_params`` (with the helpers of :mod:`art_backdoor_e
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from art.defences.detector.poison import PoisonFilteringDefence
@@ -26,7 +26,7 @@ from art.defences.detector.poison import PoisonFilteringDefence
 from art_backdoor_ext.estimators import FrameworkAdapter, get_adapter
 from art_backdoor_ext.utils import check_xy
 
-__all__ = ["PoisonFilteringDefenceBase", "UnknownParameterError", "check_known_keys"]
+__all__ = ["PoisonFilteringDefenceBase", "UnknownParameterError", "check_known_keys", "set_params_atomically"]
 
 
 class UnknownParameterError(ValueError, TypeError):
@@ -39,6 +39,23 @@ def check_known_keys(owner: str, params: Dict[str, Any], valid: List[str]) -> No
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise UnknownParameterError(f"Unknown parameter(s) {unknown} for {owner}; valid: {', '.join(valid)}.")
+
+
+def set_params_atomically(obj: Any, kwargs: Dict[str, Any], valid: List[str], check: Callable[[], None]) -> None:
+    """
+    Set ``kwargs`` on ``obj`` all or nothing: unknown keys raise :class:`UnknownParameterError`; when ``check()``
+    rejects the new values, every parameter gets its previous value back and the error is raised.
+    """
+    check_known_keys(type(obj).__name__, kwargs, valid)
+    previous = {key: getattr(obj, key) for key in kwargs}
+    for key, value in kwargs.items():
+        setattr(obj, key, value)
+    try:
+        check()
+    except Exception:
+        for key, value in previous.items():
+            setattr(obj, key, value)
+        raise
 
 
 class PoisonFilteringDefenceBase(PoisonFilteringDefence, abc.ABC):
@@ -75,18 +92,12 @@ class PoisonFilteringDefenceBase(PoisonFilteringDefence, abc.ABC):
         Set parameters atomically: unknown keys raise a ``ValueError`` naming the valid ones; when the new values fail
         the checks, every parameter keeps its previous value and the error is raised.
         """
-        self._check_keys(kwargs)
-        previous = {key: getattr(self, key) for key in kwargs}
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-        try:
+        def check() -> None:
             self._check_params()
             if "classifier" in kwargs:
                 self._data()
-        except Exception:
-            for key, value in previous.items():
-                setattr(self, key, value)
-            raise
+
+        set_params_atomically(self, kwargs, self.defence_params, check)
 
     def get_params(self) -> Dict[str, Any]:
         """The current value of every parameter in :attr:`defence_params`."""

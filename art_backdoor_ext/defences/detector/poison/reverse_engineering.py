@@ -346,17 +346,11 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
         return report, is_clean
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _clip_values(self) -> Tuple[float, float]:
-        clip = getattr(self.classifier, "clip_values", None)
-        if clip is None:
-            return 0.0, 1.0
-        return float(np.min(clip[0])), float(np.max(clip[1]))
-
     def _estimate_patterns(self, adapter, x: np.ndarray, labels: np.ndarray, present: np.ndarray):
         """Lines 2-8 of Algorithm 1 for all ordered pairs of present classes, batched over pairs."""
         nb_classes = adapter.nb_classes
         img_shape = x.shape[1:]
-        lo, hi = self._clip_values()
+        lo, hi = self._adapter.clip_values
         rng = np.random.default_rng(self.seed)
         b = int(self.batch_size)
         pairs = np.array([(s, t) for s in present for t in present if s != t], dtype=np.int64)
@@ -563,7 +557,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             outgoing = outgoing[np.isfinite(outgoing)]
             if size > 0 and len(outgoing):
                 scale = max(1.0, float(self.cleansing_fraction) * float(np.min(outgoing)) / size)
-        lo, hi = self._clip_values()
+        lo, hi = self._adapter.clip_values
         removed = np.clip(x[members] - scale * pattern[None], lo, hi)
         pred = adapter.predict_labels(removed, batch_size=int(self.max_images_per_pass))
         return members[pred != target], scale
@@ -591,7 +585,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             note = (f"the cleansing removed {n_removed} of the {len(members)} images of class {target}, nearly the "
                     "whole class: the subtracted pattern moves the class's clean images too")
         else:
-            lo, hi = self._clip_values()
+            lo, hi = self._adapter.clip_values
             batch = int(self.max_images_per_pass)
             after = adapter.classifier.predict(np.clip(x[flagged] - scale * pattern[None], lo, hi).astype(np.float32),
                                                batch_size=batch)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 from art.defences.transformer.transformer import Transformer
 
-from art_backdoor_ext.defences.base import check_known_keys
+from art_backdoor_ext.defences.base import set_params_atomically
 from art_backdoor_ext.estimators import get_adapter
 from art_backdoor_ext.utils import (check_bool, check_choice, check_images, check_int, check_layer_name, check_number,
                                     check_seed, check_xy, progress, wilson_half_width)
@@ -96,16 +96,7 @@ class FinePruning(Transformer):
         Set parameters atomically: unknown keys raise a ``ValueError`` naming the valid ones (ART's ``Transformer``
         drops them); when the new values fail the checks every parameter keeps its previous value.
         """
-        check_known_keys("FinePruning", kwargs, self.params)
-        previous = {key: getattr(self, key) for key in kwargs}
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-        try:
-            self._check_params()
-        except Exception:
-            for key, value in previous.items():
-                setattr(self, key, value)
-            raise
+        set_params_atomically(self, kwargs, self.params, self._check_params)
 
     def _check_params(self) -> None:
         check_number("max_acc_drop", self.max_acc_drop, low=0, high=1, high_open=True, hint="0.04 = 4 points")
