@@ -268,6 +268,24 @@ class FrameworkAdapter(abc.ABC):
         """Set the learning rate of the classifier's optimizer (used by ``fit``)."""
         raise NotImplementedError
 
+    def get_learning_rate(self) -> float:
+        """The learning rate the classifier's optimizer is configured with (``ValueError`` without an optimizer)."""
+        raise NotImplementedError
+
+    def fit_annealed(self, x: np.ndarray, y: np.ndarray, learning_rate: float, nb_epochs: int, batch_size: int = 64,
+                     final_fraction: float = 0.01, verbose: bool = False) -> List[float]:
+        """
+        Train in place for ``nb_epochs`` epochs with the learning rate decayed per epoch along a half cosine from
+        ``learning_rate`` to ``final_fraction * learning_rate`` (Loshchilov and Hutter's SGDR schedule, one cycle).
+        Returns the rate used at each epoch. The optimizer keeps the last rate afterwards.
+        """
+        rates = [float(learning_rate) * (final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * e / nb_epochs)))
+                 for e in range(nb_epochs)]
+        for rate in rates:
+            self.set_learning_rate(rate)
+            self.fit(x, y, nb_epochs=1, batch_size=batch_size, verbose=verbose)
+        return rates
+
     def _warn_saturated_probabilities(self) -> None:
         """Log once per adapter that log-probabilities come from probabilities (no softmax layer to look through)."""
         if not getattr(self, "_warned_probabilities", False):

@@ -183,6 +183,26 @@ class KerasAdapter(FrameworkAdapter):
     def get_weights(self) -> List[np.ndarray]:
         return [np.array(w, copy=True) for w in self.model.get_weights()]
 
+    def _framework_rng_state(self):
+        import random
+
+        return random.getstate()
+
+    def _seed_framework(self, seed: int) -> None:
+        """
+        ``keras.utils.set_random_seed``: Python's, numpy's and the backend's generators (Keras's ``fit`` shuffles and
+        its dropout draws from them). Python's and numpy's states are restored afterwards; TensorFlow's global seed
+        cannot be read back, so it stays set to ``seed``.
+        """
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras_module_of(self.model).utils.set_random_seed(seed)
+
+    def _restore_framework_rng_state(self, state) -> None:
+        import random
+
+        random.setstate(state)
+
     # ----------------------------------------------------------------------------------------------- channel pruning
     def _channel_axis(self, layer: str) -> int:
         return 1 if getattr(self.model.get_layer(layer), "data_format", "channels_last") == "channels_first" else -1
@@ -251,13 +271,23 @@ class KerasAdapter(FrameworkAdapter):
             return self.clone()
         return self.wrap_model(model)
 
-    def set_learning_rate(self, learning_rate: float) -> None:
+    def _optimizer(self):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             optimizer = getattr(self.classifier, "optimizer", None)
         if optimizer is None:
             raise ValueError("The classifier has no optimizer; compile the Keras model (or give TensorFlowV2Classifier "
                              "an optimizer) to fine-tune it.")
+        return optimizer
+
+    def get_learning_rate(self) -> float:
+        rate = self._optimizer().learning_rate
+        if callable(rate) and not hasattr(rate, "numpy"):  # a LearningRateSchedule: its rate at step 0
+            rate = rate(0)
+        return float(np.asarray(rate))
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        optimizer = self._optimizer()
         try:
             optimizer.learning_rate = float(learning_rate)
         except (AttributeError, TypeError, ValueError):

@@ -246,6 +246,12 @@ class PyTorchAdapter(FrameworkAdapter):
         for group in optimizer.param_groups:
             group["lr"] = float(learning_rate)
 
+    def get_learning_rate(self) -> float:
+        optimizer = self.classifier.optimizer
+        if optimizer is None:
+            raise ValueError("The classifier has no optimizer; create the PyTorchClassifier with one to fine-tune it.")
+        return float(optimizer.param_groups[0]["lr"])
+
     # ----------------------------------------------------------------------------------------------- weights on disk
     weights_suffix = ".pt"
 

@@ -2,6 +2,8 @@
 Harness rows for fine-pruning (transformer defences):
 
 * ``"fine-pruning"``: :class:`~art_backdoor_ext.defences.transformer.poisoning.FinePruning` on the poisoned model;
+* ``"fine-pruning-paper"``, ``"prune-only"``, ``"fine-tune-only"``: the paper's fine-tuning settings and the two
+  ablations (pruning alone, fine-tuning alone), to see what does the work;
 * ``"ac+retrain+fine-pruning"``: the thesis's combination (Section 4.3.1): Activation Clustering filters the training
   set, a fresh model is retrained on the images it kept, and that model is fine-pruned.
 
@@ -53,8 +55,11 @@ def _fine_prune(ctx: ScenarioContext, classifier, tuning_fraction: float, record
     model = defence(x_tune, y_tune, x_backdoor=x_bd, y_backdoor=y_bd)
     report: Dict[str, Any] = dict(defence.report_)
     report["nb_tuning_images"] = int(len(x_tune))
+    rate = report["learning_rate"]
     report["notes"] = (f"{report['nb_pruned']}/{report['nb_channels']} channels of {report['layer']} pruned "
-                       f"({report['method']}), {report['nb_epochs']} fine-tuning epochs on {len(x_tune)} clean images")
+                       f"({report['method']}), {report['nb_epochs']} fine-tuning epochs"
+                       + (f" at {rate:.2g}{' (chosen on held-out data)' if report['learning_rate_search'] else ''}"
+                          if rate is not None else "") + f"; {report['clean_data_use']}")
     return model, report
 
 
@@ -65,6 +70,26 @@ def _fine_pruning(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr
     :class:`FinePruning` (``layer``, ``max_acc_drop``, ``step``, ``nb_epochs``, ``learning_rate``, ``method`` ...).
     """
     return _fine_prune(ctx, ctx.classifier, tuning_fraction, record_asr, **kwargs)
+
+
+@register_defence("fine-pruning-paper", kind="transformer")
+def _fine_pruning_paper(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr: bool = True, **kwargs):
+    """Fine-pruning with the paper's fine-tuning (``FinePruning.PAPER``: the optimizer's rate, 5 epochs, constant)."""
+    from art_backdoor_ext.defences.transformer.poisoning import FinePruning
+
+    return _fine_prune(ctx, ctx.classifier, tuning_fraction, record_asr, **{**FinePruning.PAPER, **kwargs})
+
+
+@register_defence("prune-only", kind="transformer")
+def _prune_only(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr: bool = True, **kwargs):
+    """Ablation: the pruning step of fine-pruning alone (no fine-tuning)."""
+    return _fine_prune(ctx, ctx.classifier, tuning_fraction, record_asr, **{**kwargs, "nb_epochs": 0})
+
+
+@register_defence("fine-tune-only", kind="transformer")
+def _fine_tune_only(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr: bool = True, **kwargs):
+    """Ablation: the default fine-tuning (rate chosen on held-out clean data) without pruning."""
+    return _fine_prune(ctx, ctx.classifier, tuning_fraction, record_asr, **{**kwargs, "prune": False})
 
 
 @register_defence("ac+retrain+fine-pruning", kind="transformer")

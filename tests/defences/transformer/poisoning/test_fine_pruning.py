@@ -18,10 +18,12 @@ from art_backdoor_ext.evaluation import Scenario
 
 WIDE_PT = Scenario(attack="badnets", fraction=0.05, width="wide", nb_epochs=5)
 WIDE_KERAS = Scenario(attack="badnets", fraction=0.05, width="wide", nb_epochs=5, framework="keras")
-MAX_DROP = 0.04
-# fine-tuning at a higher rate than training (5e-3 instead of Adam's 1e-3): the faithful rate leaves the backdoor
-# mostly in place on this model (see benchmarks/fine_pruning.py)
-FP_KW = dict(step=4, nb_epochs=5, learning_rate=5e-3, max_acc_drop=MAX_DROP)
+MAX_DROP = 0.04  # FinePruning's default max_acc_drop
+# the default: the fine-tuning rate chosen on held-out clean data (learning_rate="auto"); the paper's rate (Adam 1e-3)
+# leaves the backdoor mostly in place on this model (see benchmarks/fine_pruning.py)
+FP_KW = {}
+# the same code path (rate search, annealed fine-tuning, pruning) made cheap, for the determinism checks
+FAST_KW = dict(step=16, nb_epochs=2, lr_factors=(5, 1))
 
 
 def _split(ctx):
@@ -56,11 +58,17 @@ def test_pytorch_fine_pruning_removes_backdoor(pt_result):
     acc0, asr0 = _rates(ctx.classifier, x_eval, y_eval, x_bd, ctx.target)
     acc1, asr1 = _rates(new, x_eval, y_eval, x_bd, ctx.target)
     assert asr0 > 0.9
-    assert asr0 - asr1 >= 0.30, (asr0, asr1)
-    assert acc0 - acc1 <= MAX_DROP + 0.01, (acc0, acc1)
+    assert asr1 <= 0.10, (asr0, asr1)
+    assert acc0 - acc1 <= MAX_DROP, (acc0, acc1)
     report = pt_result["defence"].report_
     assert report["layer"] == "conv2" and report["method"] == "mask" and report["nb_channels"] == 128
-    assert report["nb_pruned"] > 0 and report["nb_pruned"] % 4 == 0
+    assert report["nb_pruned"] > 0
+    # the rate was chosen on held-out clean data: the accepted one is the last tried and the largest accepted
+    search = report["learning_rate_search"]
+    assert search and search[-1]["accepted"] and not any(r["accepted"] for r in search[:-1])
+    assert report["learning_rate"] == search[-1]["learning_rate"] > 1e-3
+    assert report["nb_fine_tune"] + report["nb_validation"] == report["nb_clean"] == len(pt_result["x_tune"])
+    assert str(report["nb_validation"]) in report["clean_data_use"]
     curve = report["pruning_curve"]
     assert curve["nb_pruned"][0] == 0 and len(curve["accuracy"]) == len(curve["asr"]) == len(curve["fraction"])
     # the last kept point is within the bound and the next one (if any) broke it
@@ -68,6 +76,18 @@ def test_pytorch_fine_pruning_removes_backdoor(pt_result):
     assert curve["accuracy"][0] - curve["accuracy"][k] <= MAX_DROP
     if k + 1 < len(curve["accuracy"]):
         assert curve["accuracy"][0] - curve["accuracy"][k + 1] > MAX_DROP
+
+
+def test_pytorch_deterministic_under_seed(pt_result):
+    """A second call with the same seed returns identical weights, and the global generators are untouched."""
+    import torch
+
+    ctx = pt_result["ctx"]
+    np_state, torch_state = np.random.get_state(), torch.get_rng_state()
+    x, y = pt_result["x_tune"], ctx.y_test[:len(pt_result["x_tune"])]
+    first, again = (FinePruning(ctx.classifier, **FAST_KW)(x, y) for _ in range(2))
+    assert all(np.array_equal(a, b) for a, b in zip(get_adapter(first).get_weights(), get_adapter(again).get_weights()))
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and torch.equal(torch.get_rng_state(), torch_state)
 
 
 def test_pytorch_original_untouched_and_mask_persistent(pt_result, tmp_path):
@@ -114,9 +134,14 @@ def test_pytorch_second_to_last_layer_and_full_curve(pt_result):
 def test_bad_parameters_raise(pt_result):
     clf = pt_result["ctx"].classifier
     for kwargs in (dict(max_acc_drop=1.5), dict(step=0), dict(step=1.5), dict(nb_epochs=-1), dict(learning_rate=0),
+                   dict(learning_rate="fast"), dict(lr_factors=()), dict(lr_factors=(10, -1)),
+                   dict(validation_split=0), dict(validation_split=1.0), dict(anneal="yes"),
                    dict(method="scissors"), dict(layer=3)):
-        with pytest.raises(ValueError):
+        name = next(iter(kwargs))
+        with pytest.raises(ValueError, match=name):
             FinePruning(clf, **kwargs)
+    paper = FinePruning.paper(clf, step=4)
+    assert (paper.learning_rate, paper.nb_epochs, paper.anneal, paper.step) == (None, 5, False, 4)
     x = pt_result["x_tune"][:10]
     with pytest.raises(ValueError, match="labels"):
         FinePruning(clf)(x)
@@ -152,9 +177,11 @@ def test_keras3_mask_path(keras_ctx, tmp_path):
     new = defence(x_tune, y_tune, x_backdoor=x_bd, y_backdoor=ctx.target)
     acc0, asr0 = _rates(ctx.classifier, x_eval, y_eval, x_bd, ctx.target)
     acc1, asr1 = _rates(new, x_eval, y_eval, x_bd, ctx.target)
-    assert asr0 > 0.9 and asr0 - asr1 >= 0.30, (asr0, asr1)
-    assert acc0 - acc1 <= MAX_DROP + 0.01, (acc0, acc1)
+    assert asr0 > 0.9 and asr1 <= 0.10, (asr0, asr1)
+    assert acc0 - acc1 <= MAX_DROP, (acc0, acc1)
     assert defence.report_["method"] == "mask"
+    first, again = (FinePruning(ctx.classifier, **FAST_KW)(x_tune, y_tune) for _ in range(2))  # deterministic too
+    assert all(np.array_equal(a, b) for a, b in zip(get_adapter(first).get_weights(), get_adapter(again).get_weights()))
     assert type(new) is type(ctx.classifier) and new.model is not ctx.classifier.model
     assert all(np.array_equal(a, b) for a, b in zip(before, get_adapter(ctx.classifier).get_weights()))
     pruned = defence.report_["pruned_channels"]
