@@ -37,8 +37,8 @@ from art_backdoor_ext.evaluation import (
     DefenceResult,
     Scenario,
     ScenarioResult,
-    format_table,
     get_defence,
+    load_results,
     prepare_scenario,
     run_defences,
     save_results,
@@ -73,6 +73,8 @@ SCENARIOS: Dict[str, DemoScenario] = {s.key: s for s in [
     DemoScenario("clean", "clean model", "no attack", "clean", {"attack": None}),
 ]}
 
+AEGIS_COLUMN = DemoScenario("badnets-robust", "visible patch", "robust model", "patch", {})
+
 THREAT_MODELS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     # defence -> (its stated threat model, the demo's scenario kinds inside it); unlisted defences claim no restriction
     "re": ("small additive patterns", ("pattern", "sparse")),
@@ -94,6 +96,14 @@ CAUGHT_TPR, CAUGHT_FPR = 0.8, 0.05  # a per-image filter "caught" the poison
 PARTIAL_TPR = 0.5  # below: "missed"
 COSTLY_FPR = 0.2  # a cell that removes more than this share of clean images (all, or of the target class) gets a note
 REMOVED_ASR = 0.2  # fine-pruning "removed" the backdoor when the ASR after is at most this
+
+
+def demo_of(scenario: Scenario) -> DemoScenario:
+    """The summary column of a (saved) scenario: by its attack, or the robust AEGIS column."""
+    if scenario.robust and scenario.attack == "badnets":
+        return AEGIS_COLUMN
+    return SCENARIOS.get(scenario.attack if scenario.poisoned else "clean",
+                         DemoScenario(str(scenario.attack), str(scenario.attack), "", "other", {}))
 
 
 def build_scenario(demo: DemoScenario, args: argparse.Namespace) -> Scenario:
@@ -240,11 +250,6 @@ def judge(row: DefenceResult, result: ScenarioResult, kind: str) -> Tuple[str, L
 
 
 # ------------------------------------------------------------------------------------------------------ summary
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def format_summary(results: Sequence[ScenarioResult], demos: Sequence[DemoScenario], width: int = 118) -> str:
     """The one-screen matrix (a row per defence, a column per scenario), its legend and its numbered caveats."""
     defences: List[str] = []
@@ -274,12 +279,17 @@ def format_summary(results: Sequence[ScenarioResult], demos: Sequence[DemoScenar
     lines.append("-" * (first + sum(cols)))
     for d in defences:
         lines.append(labels[d].ljust(first) + "".join(grid.get((d, j), "-").ljust(c) for j, c in enumerate(cols)))
-    threat = "; ".join(f"{d} = {THREAT_MODELS[d][0]}" for d in defences if d in THREAT_MODELS)
+    models: Dict[str, List[str]] = {}
+    for d in defences:
+        if d in THREAT_MODELS:
+            models.setdefault(THREAT_MODELS[d][0], []).append(d)
+    threat = "; ".join(f"{', '.join(names)} = {what}" for what, names in models.items())
     legend = [
         f"caught t (TPR/FPR): named the target class t; TPR = share of the poison it removes, FPR = share of the clean "
         f"images it removes. missed: no detection. wrong class c: detected a backdoor into another class. ok / false "
-        f"alarm (c): on the clean model. SS and STRIP name no class: caught = TPR >= {CAUGHT_TPR}, FPR <= {CAUGHT_FPR}; "
-        f"partial = TPR >= {PARTIAL_TPR}. Fine-pruning: ASR before->after, removed = ASR <= {REMOVED_ASR}. "
+        f"alarm (c): on the clean model. SS and STRIP name no class: caught = TPR >= {CAUGHT_TPR}, "
+        f"FPR <= {CAUGHT_FPR}; partial = TPR >= {PARTIAL_TPR}. Fine-pruning: ASR before->after, removed = ASR <= "
+        f"{REMOVED_ASR}. "
         f"SS is told the true poison share of class t (oracle).",
         f"°: outside the defence's stated threat model ({threat})." if threat else "",
         "Rows: " + "; ".join(ROW_NOTES[d] for d in defences if d in ROW_NOTES) + "."
@@ -290,8 +300,8 @@ def format_summary(results: Sequence[ScenarioResult], demos: Sequence[DemoScenar
     for text in filter(None, legend):
         lines += textwrap.wrap(text, width)
     for i, text in enumerate(notes, 1):
-        lines += textwrap.wrap(_short(text, 2 * width - 10), width, initial_indent=f"[{i}] ",
-                               subsequent_indent="    ")
+        lines += textwrap.wrap(" ".join(text.split()), width, initial_indent=f"[{i}] ", subsequent_indent="    ",
+                               max_lines=2, placeholder=" ...")
     return "\n".join(lines)
 
 
@@ -315,7 +325,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/demo")
     parser.add_argument("--aegis", action="store_true",
                         help="also train an L2-robust model on the visible-patch data and run AEGIS on it")
+    parser.add_argument("--render", metavar="JSON",
+                        help="print the summary of a run saved earlier (<out>.json) instead of running anything")
     args = parser.parse_args(argv)
+    if args.render:
+        results = load_results(args.render)
+        print(format_summary(results, [demo_of(r.scenario) for r in results]))
+        return
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from art_backdoor_ext.estimators import load_torch_before_tensorflow
@@ -334,7 +350,7 @@ def main(argv=None) -> None:
     if args.aegis:
         base = build_scenario(SCENARIOS["badnets"], args)
         robust = dataclasses.replace(base, robust=True, nb_epochs=5, robust_kwargs={"max_iter": 5})
-        demo = DemoScenario("badnets-robust", "visible patch", "robust model", "patch", {})
+        demo = AEGIS_COLUMN
         results.append(run_demo_scenario(demo, robust, ["aegis"],
                                          {"aegis": {"nb_seeds": 100, "max_train_per_class": 200}}))
         shown.append(demo)
