@@ -28,6 +28,8 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import resource
 import textwrap
 import time
 import warnings
@@ -355,10 +357,13 @@ def main(argv=None) -> None:
                                          {"aegis": {"nb_seeds": 100, "max_train_per_class": 200}}))
         shown.append(demo)
     total = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    load = os.getloadavg()[0]
 
     summary = format_summary(results, shown)
     header = (f"make demo: mnist-5k, {args.width} {args.framework} CNN{' (robust)' if args.robust else ''}, "
-              f"{args.epochs} epochs, seed {args.seed}, target class {args.target}; {total:.0f}s in all")
+              f"{args.epochs} epochs, seed {args.seed}, target class {args.target}; {total:.0f}s in all "
+              f"({usage.ru_utime + usage.ru_stime:.0f}s CPU; load average {load:.1f} on {os.cpu_count()} CPUs)")
     save_results(results, args.out)
     with open(args.out + ".md", encoding="utf-8") as f:
         table = f.read()
