@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 export CUDA_VISIBLE_DEVICES :=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo benchmarks clean
+.PHONY: install test demo benchmarks notebooks notebooks-strip clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: $(STAMP)
 
 benchmarks: $(STAMP)
 	for b in poisoners reverse_engineering cluster_impurity aegis fine_pruning; do $(PY) benchmarks/$$b.py --quick || exit 1; done
+
+notebooks: $(STAMP)  # execute the tutorials in place, for reading (strip them before committing)
+	$(PY) notebooks/execute.py
+
+notebooks-strip: $(STAMP)
+	$(PY) notebooks/execute.py --strip
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
