@@ -295,9 +295,14 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
         target, source = inference["target_class"], None
         cleansing: Dict[str, Any] = {"cleansing_scale": None, "cleansing_reliable": None, "cleansing_notes": "",
                                      "relative_margin": float("nan")}
+        inconclusive = False
         if inference["detected"]:
             source = int(np.nanargmax(recip[:, target]))
             pattern = patterns[source, target].copy()
+            # the detecting pair never reached pi: its norm is only a lower bound of what moving the source takes, so
+            # the anomaly that detected it may not exist. Say so rather than act on it (nothing is flagged).
+            inconclusive = not bool(info["converged"][source, target])
+        if inference["detected"] and not inconclusive:
             flagged, scale = self._cleanse(adapter, x, labels, target, pattern, norms, present)
             is_clean[flagged] = 0
             cleansing.update(self._check_cleansing(adapter, x, labels, target, flagged, pattern, scale))
@@ -337,6 +342,14 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             "seconds_cleansing": seconds - (t_inf - start),
             "notes": (f"{len(not_conv)} of {int(valid.sum())} pairs hit max_iter={self.max_iter}" if not_conv else ""),
         }
+        if inconclusive:
+            report["detected"] = None
+            report["notes"] = (f"inconclusive: the detecting pair {source}->{target} did not reach pi={self.pi} within "
+                               f"max_iter={self.max_iter}; " + report["notes"])
+            warnings.warn(f"RE is inconclusive: the test points at class {target}, but the pattern of its detecting "
+                          f"pair ({source}->{target}) did not move pi={self.pi} of class {source} within "
+                          f"max_iter={self.max_iter}, so its small norm is a lower bound, not a measurement. Nothing "
+                          "is flagged; raise max_iter (or step_size) and run again.", UserWarning, stacklevel=3)
         if not_conv:
             logger.warning("RE: %d of %d class pairs did not reach pi=%.2f within max_iter=%d; their reciprocal "
                            "statistics are upper bounds.", len(not_conv), int(valid.sum()), self.pi, self.max_iter)

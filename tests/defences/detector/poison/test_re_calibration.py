@@ -44,6 +44,17 @@ def test_image_wide_chessboard_detected_and_cleansed(scenario_ctx):
     paper, is_clean_paper = defence.detect_poison(cleansing="paper")
     assert paper["patterns"] is report["patterns"] and paper["cleansing_scale"] == 1.0
     assert filtering_rates(is_clean_paper, ctx.is_poison, ctx.y_train, ctx.target).tpr < rates.tpr
+    # the same patterns, but the detecting pair marked as not having reached pi: inconclusive, nothing flagged
+    import dataclasses
+
+    est = defence._estimate  # pylint: disable=protected-access
+    converged = est.info["converged"].copy()
+    converged[report["source_class"], 7] = False
+    unconverged = dataclasses.replace(est, info={**est.info, "converged": converged})
+    with pytest.warns(UserWarning, match="inconclusive"):
+        report_u, is_clean_u = defence.detect_from(unconverged)
+    assert report_u["detected"] is None and report_u["target_class"] == 7 and "inconclusive" in report_u["notes"]
+    assert np.all(np.asarray(is_clean_u) == 1)
 
 
 @contextlib.contextmanager
