@@ -563,6 +563,8 @@ def write_report(rows, path_prefix):
             axes[0].plot(n, [r["rules"]["masking"]["tpr"] for r in pts], marker=marker, ls="--",
                          label=f"{attack}: is_clean TPR")
     axes[0].set_xscale("log")
+    axes[0].set_xticks([20, 40, 100, 200], ["20", "40", "100", "200"])
+    axes[0].minorticks_off()
     axes[0].set_xlabel("poisoned training images (mnist-5k)")
     axes[0].set_title(f"vs poisoning (eps {ROBUST_KW['eps']}, {EPOCHS} epochs, seed 0)")
     axes[0].set_ylim(-0.05, 1.05)
