@@ -34,8 +34,9 @@ def plot_error_bars(labels: Sequence[str], panels: Dict[str, Sequence[Optional[T
             if stat is None or not np.isfinite(stat[0]):
                 continue
             value, low, high = stat
-            if np.isfinite(low) and np.isfinite(high):
-                ax.errorbar(value, yi, xerr=[[value - low], [high - value]], fmt="o", color="C0", capsize=3, ms=4)
+            if np.isfinite(low) and np.isfinite(high):  # (rounding can put the mean a hair outside its CI)
+                err = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+                ax.errorbar(value, yi, xerr=err, fmt="o", color="C0", capsize=3, ms=4)
             else:
                 ax.plot(value, yi, "o", color="C0", ms=4)
         ax.set_title(title, fontsize=9)
