@@ -279,8 +279,8 @@ class FrameworkAdapter(abc.ABC):
         ``learning_rate`` to ``final_fraction * learning_rate`` (Loshchilov and Hutter's SGDR schedule, one cycle).
         Returns the rate used at each epoch. The optimizer keeps the last rate afterwards.
         """
-        rates = [float(learning_rate) * (final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * e / nb_epochs)))
-                 for e in range(nb_epochs)]
+        decay = 0.5 * (1 + np.cos(np.pi * np.arange(nb_epochs) / max(nb_epochs, 1)))
+        rates = [float(learning_rate) * (final_fraction + (1 - final_fraction) * d) for d in decay]
         for rate in rates:
             self.set_learning_rate(rate)
             self.fit(x, y, nb_epochs=1, batch_size=batch_size, verbose=verbose)

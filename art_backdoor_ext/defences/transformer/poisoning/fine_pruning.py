@@ -22,8 +22,9 @@ Loshchilov and Hutter, https://arxiv.org/abs/1608.03983) so that a large initial
 backdoor and the decay recovers clean accuracy, and the largest rate whose held-out accuracy stays within
 ``max_acc_drop`` of fine-tuning at the optimizer's own rate is kept. (The reference is that fine-tuning rather than the
 original model because the defender's clean images may have been part of the training data, as in the thesis's
-setting: the original model's accuracy on them is then inflated by memorisation, and any fine-tuning looks costly.) The paper's procedure is one call away:
-``FinePruning.paper(classifier)`` (optimizer's rate, 5 epochs, no decay, all clean data for pruning and fine-tuning).
+setting: the original model's accuracy on them is then inflated by memorisation, and any fine-tuning looks costly.)
+The paper's procedure is one call away: ``FinePruning.paper(classifier)`` (optimizer's rate, 5 epochs, no decay, all
+clean data for pruning and fine-tuning).
 
 How the default, the paper's settings, pruning alone and fine-tuning alone fare on the reference CNNs is measured by
 ``benchmarks/fine_pruning.py`` (``benchmarks/results/fine_pruning.md`` and the README), not restated here.
@@ -61,12 +62,13 @@ class FinePruning(Transformer):
               "anneal", "prune", "batch_size", "method", "full_curve", "min_clean", "seed", "verbose"]
 
     PAPER = {"learning_rate": None, "nb_epochs": 5, "anneal": False}
-    """The paper's fine-tuning: the optimizer's own rate, 5 epochs, constant rate, all clean data (see :meth:`paper`)."""
+    """The paper's fine-tuning: the optimizer's own rate, 5 epochs, constant rate, all clean data (:meth:`paper`)."""
 
     def __init__(self, classifier, layer: Optional[str] = None, max_acc_drop: float = 0.04,
                  step: Union[int, float] = 1, nb_epochs: int = 20, learning_rate: Union[str, float, None] = "auto",
                  lr_factors: Sequence[float] = (10, 5, 2, 1), validation_split: float = 0.25, anneal: bool = True,
-                 prune: bool = True, batch_size: int = 64, method: str = "auto", full_curve: bool = False, min_clean: int = 100,
+                 prune: bool = True, batch_size: int = 64, method: str = "auto", full_curve: bool = False,
+                 min_clean: int = 100,
                  seed: Optional[int] = 0,
                  verbose: bool = False) -> None:
         """
@@ -143,7 +145,8 @@ class FinePruning(Transformer):
                 raise ValueError(f"step must be an int >= 1 or a fraction in (0, 1), got {self.step!r}.")
             check_number("step", self.step, low=1, hint="an int >= 1 or a fraction in (0, 1)")
         check_int("nb_epochs", self.nb_epochs, low=0, hint="0 = prune only")
-        if self.learning_rate is not None and not (isinstance(self.learning_rate, str) and self.learning_rate == "auto"):
+        auto = isinstance(self.learning_rate, str) and self.learning_rate == "auto"
+        if self.learning_rate is not None and not auto:
             if isinstance(self.learning_rate, str):
                 raise ValueError(f"learning_rate must be 'auto', a positive float or None, got {self.learning_rate!r}.")
             check_number("learning_rate", self.learning_rate, low=0, low_open=True,
@@ -297,9 +300,9 @@ class FinePruning(Transformer):
                 tune, val = self._split(labels)
                 nb_tune, nb_val = len(tune), len(val)
                 if nb_val == 0 or nb_tune == 0:
-                    raise ValueError(f"learning_rate='auto' holds out validation_split={self.validation_split} of each "
-                                     f"class, which leaves {nb_tune} images to fine-tune and {nb_val} to validate; give "
-                                     "more clean images per class or set learning_rate explicitly.")
+                    raise ValueError(f"learning_rate='auto' holds out validation_split={self.validation_split} of "
+                                     f"each class, which leaves {nb_tune} images to fine-tune and {nb_val} to "
+                                     "validate; give more clean images per class or set learning_rate explicitly.")
                 val_before = self._accuracy(adapter, x[val], labels[val])
                 half_width = wilson_half_width(val_before, nb_val)
                 if half_width > self.max_acc_drop:
