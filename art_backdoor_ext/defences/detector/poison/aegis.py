@@ -90,7 +90,8 @@ class AEGISDefence(PoisonFilteringDefenceBase):
     the poisoned training images scatter among the clean ones or partly join the translated cluster.
 
     Defaults versus the paper: ``nb_seeds=200`` (paper 500) and ``max_iter=40`` steps of 0.5 (authors' code: 50-150
-    steps of 0.25-1.5) keep AEGIS near a minute on two CPU cores; 50-60 steps gave the same cluster counts.
+    steps of 0.25-1.5) keep AEGIS at about 22 s per 10-class model on two quiet CPU cores (compact CNN, mnist-5k);
+    50-60 steps gave the same cluster counts.
     ``pca_components=50`` only matters for conv features (the penultimate layer of the reference CNNs is 64-d).
 
     AEGIS is a **model-level** detector: the paper decides whether a model (and which class) is backdoored and does
