@@ -149,6 +149,6 @@ def test_fine_pruning_parameters_are_checked_and_atomic(classifiers):
         pruner.set_params(max_acc_dorp=0.1)
     with pytest.raises(ValueError, match="max_acc_drop"):
         pruner.set_params(max_acc_drop=2.0, nb_epochs=3)
-    assert pruner.max_acc_drop == 0.04 and pruner.nb_epochs == 5
+    assert pruner.max_acc_drop == 0.04 and pruner.nb_epochs == 20  # defaults kept
     with pytest.raises(ValueError, match="seed"):
         FinePruning(classifiers[0], seed=-1)
