@@ -238,12 +238,7 @@ class FinePruning(Transformer):
         self.fit(x)
         order = self.order_
         acc0 = self._accuracy(adapter, x, labels)
-        half_width = wilson_half_width(acc0, len(x))
-        if half_width > self.max_acc_drop:
-            warnings.warn(f"FinePruning measures accuracy on {len(x)} clean images (accuracy {acc0:.3f} +- "
-                          f"{half_width:.3f}, 95% Wilson interval), which cannot resolve max_acc_drop="
-                          f"{self.max_acc_drop}: the pruning stops at noise. Give more clean data.", UserWarning,
-                          stacklevel=2)
+        self._warn_if_unresolved(acc0, len(x), "measures accuracy on", "", "the pruning stops at noise")
         asr0 = self._asr(adapter, bd_x, bd_y)
         counts = self._step_counts(nb)
 
@@ -304,41 +299,10 @@ class FinePruning(Transformer):
                                      f"each class, which leaves {nb_tune} images to fine-tune and {nb_val} to "
                                      "validate; give more clean images per class or set learning_rate explicitly.")
                 val_before = self._accuracy(adapter, x[val], labels[val])
-                half_width = wilson_half_width(val_before, nb_val)
-                if half_width > self.max_acc_drop:
-                    warnings.warn(f"FinePruning holds out {nb_val} clean images to choose the fine-tuning rate "
-                                  f"(accuracy {val_before:.3f} +- {half_width:.3f}, 95% Wilson interval), which cannot "
-                                  f"resolve max_acc_drop={self.max_acc_drop}: the rate chosen may cost more accuracy "
-                                  "than that. Give more clean data.", UserWarning, stacklevel=2)
-                factors = sorted({float(f) for f in self.lr_factors}, reverse=True)
-                tried = {}
-
-                def tune_at(factor):
-                    candidate = get_adapter(new_adapter.clone())
-                    self._fine_tune(candidate, x[tune], labels[tune], factor * base_rate)
-                    tried[factor] = (candidate, self._accuracy(candidate, x[val], labels[val]))
-                    return tried[factor][1]
-
-                # the reference: fine-tuning at the smallest rate (the optimizer's own, the paper's). Comparing with
-                # it rather than with the original model keeps the test fair when the held-out images were part of
-                # the model's training data (then the original's accuracy on them is inflated by memorisation).
-                reference = val_reference = tune_at(factors[-1])
-                for factor in factors:
-                    acc_val = tried[factor][1] if factor in tried else tune_at(factor)
-                    accepted = reference - acc_val <= self.max_acc_drop
-                    search.append({"learning_rate": factor * base_rate, "factor": factor,
-                                   "validation_accuracy": acc_val, "accepted": bool(accepted)})
-                    logger.info("Fine-tuning at %.2g: held-out accuracy %.3f (reference %.3f)%s.", factor * base_rate,
-                                acc_val, reference, ", accepted" if accepted else "")
-                    if accepted:
-                        chosen = (factor * base_rate, tried[factor][0], acc_val)
-                        break
-                if len(factors) > 1 and search[-1]["factor"] == factors[-1]:
-                    warnings.warn(f"FinePruning: no fine-tuning rate above {factors[-1] * base_rate:.2g} kept the "
-                                  f"held-out accuracy within max_acc_drop={self.max_acc_drop} of fine-tuning at that "
-                                  "rate; it was used, and the backdoor may survive (the paper's rate leaves it in "
-                                  "place on the reference CNNs).", UserWarning, stacklevel=2)
-                learning_rate, tuned, val_after = chosen
+                self._warn_if_unresolved(val_before, nb_val, "holds out", "to choose the fine-tuning rate",
+                                         "the rate chosen may cost more accuracy than that")
+                learning_rate, tuned, val_after, val_reference, search = self._choose_rate(
+                    new_adapter, x[tune], labels[tune], x[val], labels[val], base_rate)
                 if transformed_classifier is not None and method != "surgeon":
                     # the caller's own classifier is the one returned: fine-tune it the same way (same seed and data)
                     self._fine_tune(new_adapter, x[tune], labels[tune], learning_rate)
@@ -390,6 +354,55 @@ class FinePruning(Transformer):
         return new
 
     # ------------------------------------------------------------------------------------------------------ helpers
+    def _warn_if_unresolved(self, accuracy: float, nb: int, verb: str, purpose: str, consequence: str) -> None:
+        """A ``UserWarning`` when the 95% Wilson half-width of an accuracy measured on ``nb`` images exceeds
+        ``max_acc_drop`` (the drop that decides cannot be measured on so few)."""
+        half_width = wilson_half_width(accuracy, nb)
+        if half_width > self.max_acc_drop:
+            warnings.warn(f"FinePruning {verb} {nb} clean images{' ' + purpose if purpose else ''} (accuracy "
+                          f"{accuracy:.3f} +- {half_width:.3f}, 95% Wilson interval), which cannot resolve "
+                          f"max_acc_drop={self.max_acc_drop}: {consequence}. Give more clean data.", UserWarning,
+                          stacklevel=3)
+
+    def _choose_rate(self, adapter, x_tune: np.ndarray, y_tune: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                     base_rate: float):
+        """
+        ``learning_rate="auto"``: fine-tune copies of the pruned model at ``lr_factors`` times ``base_rate`` and keep
+        the largest rate whose held-out accuracy stays within ``max_acc_drop`` of the smallest rate's (the reference:
+        the optimizer's own rate, the paper's). Comparing with it rather than with the original model keeps the test
+        fair when the held-out images were part of the model's training data (the original's accuracy on them is then
+        inflated by memorisation).
+
+        :return: ``(rate, tuned adapter, its held-out accuracy, the reference accuracy, the search record)``.
+        """
+        factors = sorted({float(f) for f in self.lr_factors}, reverse=True)
+        tried = {}
+
+        def tune_at(factor):
+            if factor not in tried:
+                candidate = get_adapter(adapter.clone())
+                self._fine_tune(candidate, x_tune, y_tune, factor * base_rate)
+                tried[factor] = (candidate, self._accuracy(candidate, x_val, y_val))
+            return tried[factor]
+
+        reference = tune_at(factors[-1])[1]
+        search: List[Dict[str, Any]] = []
+        for factor in factors:
+            candidate, acc_val = tune_at(factor)
+            accepted = reference - acc_val <= self.max_acc_drop
+            search.append({"learning_rate": factor * base_rate, "factor": factor, "validation_accuracy": acc_val,
+                           "accepted": bool(accepted)})
+            logger.info("Fine-tuning at %.2g: held-out accuracy %.3f (reference %.3f)%s.", factor * base_rate,
+                        acc_val, reference, ", accepted" if accepted else "")
+            if accepted:
+                break
+        if len(factors) > 1 and factor == factors[-1]:
+            warnings.warn(f"FinePruning: no fine-tuning rate above {factors[-1] * base_rate:.2g} kept the held-out "
+                          f"accuracy within max_acc_drop={self.max_acc_drop} of fine-tuning at that rate; it was "
+                          "used, and the backdoor may survive (the paper's rate leaves it in place on the reference "
+                          "CNNs).", UserWarning, stacklevel=3)
+        return factor * base_rate, candidate, acc_val, reference, search
+
     def _fine_tune(self, adapter, x: np.ndarray, labels: np.ndarray, learning_rate: float) -> None:
         """Fine-tune in place; ART's ``fit`` draws its data order from global generators, seeded here for this call
         only (the caller's state is restored)."""
