@@ -407,6 +407,64 @@ class FrameworkAdapter(abc.ABC):
         self.discriminator_ = session
         return history
 
+    def train_channel_suppression(self, x: np.ndarray, y: np.ndarray, layer: str, channels, scale: float = 1e-5,
+                                  lam: float = 1.0, nb_epochs: int = 5, batch_size: int = 64,
+                                  learning_rate: float = 1e-3, seed: int = 0) -> Dict[str, List[float]]:
+        """
+        Tan & Shokri's targeted embedding step (https://arxiv.org/abs/1905.13409, Section 3.1, Eq. 4), training the
+        wrapped model **in place** (callers clone first): minimise ``CE + lam * MSE(z, z_target)`` where ``z`` is the
+        ReLU'd output of the convolution layer ``layer`` and ``z_target`` is ``z`` (held constant) with the channels
+        ``channels`` (``N_b``, the neurons a pruning defence removes) multiplied by ``scale`` (``k``). The penalty pushes
+        those channels towards zero on every training image, poisoned ones included, so the backdoor has to live in
+        the channels pruning keeps. ``MSE`` averages over every element of the layer's output, as in the paper.
+
+        The classifier gets a fresh Adam optimiser (``learning_rate``); batches are drawn from a local generator
+        seeded with ``seed``. An epoch is ``ceil(len(x) / batch_size)`` steps.
+
+        :return: Per-epoch history: ``ce``, ``mse``, ``loss``, ``nb_activation`` (mean ReLU activation of ``N_b``'s
+                 channels), ``seconds``.
+        """
+        import time
+
+        layer = self.resolve_conv_layer(layer)
+        idx = np.unique(np.asarray(list(channels), dtype=np.int64))
+        nb = self.nb_channels(layer)
+        if idx.size == 0:
+            raise ValueError("channels is empty: the targeted embedding needs the channels a pruning defence removes.")
+        if idx.min() < 0 or idx.max() >= nb:
+            raise ValueError(f"channels must lie in [0, {nb}) for layer {layer!r}; got {idx.min()}..{idx.max()}.")
+        x = np.asarray(x, np.float32)
+        labels = to_labels(y, self.nb_classes)
+        weight = np.ones(nb, np.float32)
+        weight[idx] = float(scale)
+        step = self._channel_suppression_step(layer, weight, float(learning_rate))
+        rng = np.random.default_rng(seed)
+        history: Dict[str, List[float]] = {k: [] for k in ("ce", "mse", "loss", "nb_activation", "seconds")}
+        for epoch in range(int(nb_epochs)):
+            start = time.perf_counter()
+            order = rng.permutation(len(x))
+            sums, count = np.zeros(3), 0
+            for s in batches(len(x), batch_size):
+                sums += step(x[order[s]], labels[order[s]], float(lam))
+                count += 1
+            ce, mse, loss = sums / max(count, 1)
+            history["ce"].append(float(ce))
+            history["mse"].append(float(mse))
+            history["loss"].append(float(loss))
+            history["nb_activation"].append(float(self.channel_activations(x[:512], layer)[idx].mean()))
+            history["seconds"].append(time.perf_counter() - start)
+            logger.info("Targeted embedding epoch %d: CE %.4f, MSE %.2e, N_b activation %.4f, %.1fs.", epoch + 1, ce,
+                        mse, history["nb_activation"][-1], history["seconds"][-1])
+        return history
+
+    def _channel_suppression_step(self, layer: str, weight: np.ndarray, learning_rate: float):
+        """
+        The framework's half of :meth:`train_channel_suppression`: a function ``(x, labels, lam) -> (ce, mse, loss)``
+        doing one optimiser step on ``CE + lam * MSE(relu(z), stop_gradient(relu(z)) * weight)``, with ``weight``
+        broadcast over the channel axis.
+        """
+        raise NotImplementedError(f"Targeted embedding is not implemented for {type(self).__name__}.")
+
     def _discriminator_accuracy(self, session, x: np.ndarray, is_poison: np.ndarray, layer: str) -> float:
         """``D``'s balanced accuracy (mean of its accuracy on poisoned and on clean images) on ``x``'s latents."""
         b = np.asarray(is_poison, bool)

@@ -317,6 +317,44 @@ class KerasAdapter(FrameworkAdapter):
         return _KerasEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)
 
 
+    def _channel_suppression_step(self, layer: str, weight: np.ndarray, learning_rate: float):
+        import tensorflow as tf
+
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras = keras_module_of(self.model)
+        both = keras.Model(inputs=self.model.inputs, outputs=[self.model.get_layer(layer).output,
+                                                               self.model.outputs[0]])
+        opt = keras.optimizers.Adam(learning_rate)
+        shape = [1, 1, 1, 1]
+        shape[self._channel_axis(layer)] = -1
+        w = tf.constant(np.asarray(weight, np.float32).reshape(shape))
+        probability = {}
+
+        @tf.function(reduce_retracing=True)
+        def train(x, labels, lam, is_probability):
+            with tf.GradientTape() as tape:
+                z, out = both(x, training=True)
+                z = tf.nn.relu(z)
+                mse = tf.reduce_mean(tf.square(z - tf.stop_gradient(z) * w))
+                logp = tf.math.log(tf.maximum(out, 1e-12)) if is_probability else tf.nn.log_softmax(out, axis=1)
+                ce = -tf.reduce_mean(tf.gather(logp, labels, axis=1, batch_dims=1))
+                loss = ce + lam * mse
+            variables = self.model.trainable_variables
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return ce, mse, loss
+
+        def step(x, labels, lam):
+            x = self._preprocess(x)
+            if "p" not in probability:
+                probability["p"] = self._is_probability(np.asarray(self.model(x[:8], training=False)))
+            out = train(tf.constant(x), tf.constant(np.asarray(labels, np.int32)), tf.constant(lam, tf.float32),
+                        probability["p"])
+            return np.array([float(v) for v in out])
+
+        return step
+
+
 class _KerasEmbeddingSession:
     """One adversarial-embedding game on a Keras 3 model (see ``FrameworkAdapter.train_adversarial_embedding``)."""
 

@@ -276,6 +276,42 @@ class PyTorchAdapter(FrameworkAdapter):
         return _TorchEmbeddingSession(self, layer, dim, learning_rate, learning_rate_d, seed, objective)
 
 
+    def _channel_suppression_step(self, layer: str, weight: np.ndarray, learning_rate: float):
+        import torch
+
+        model = self.model
+        module = self.module(layer)
+        opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+        w = torch.as_tensor(weight, device=self.device).reshape(1, -1, 1, 1)
+
+        def step(x, labels, lam):
+            store = {}
+            handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("out", out))
+            was_training = model.training
+            model.train()
+            try:
+                out = model(self._to_tensor(x))
+            finally:
+                handle.remove()
+            if isinstance(out, (tuple, list)):
+                out = out[-1]
+            z = torch.relu(store["out"])
+            mse = torch.mean((z - z.detach() * w) ** 2)
+            if self._is_probability(out.detach().cpu().numpy()):
+                logp = torch.log(out.clamp_min(1e-12))
+            else:
+                logp = torch.log_softmax(out, dim=1)
+            ce = torch.nn.functional.nll_loss(logp, torch.as_tensor(labels, dtype=torch.long, device=logp.device))
+            loss = ce + lam * mse
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.train(was_training)
+            return np.array([float(ce.detach()), float(mse.detach()), float(loss.detach())])
+
+        return step
+
+
 class _TorchEmbeddingSession:
     """One adversarial-embedding game on a PyTorch model (see ``FrameworkAdapter.train_adversarial_embedding``)."""
 

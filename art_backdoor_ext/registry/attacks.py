@@ -9,7 +9,8 @@ Every attack of the harness, by name (each factory returns a trigger function ``
 * ``"adversarial"``: Zhong et al.'s adversarial trigger, built on a clean surrogate of the scenario's framework;
 * ``"isolated-pixels"``: pattern E with brightening pixels only (a blur-fragile trigger for cluster impurity);
 * ``"adversarial-embedding"``: Tan & Shokri's adaptive attacker, which trains the model itself (``trains_model=True``):
-  the BadNets square, embedded so that a latent discriminator cannot tell poisoned from clean.
+  the BadNets square (or another trigger), embedded so that a latent discriminator cannot tell poisoned from clean;
+* ``"targeted-embedding"``: Tan & Shokri's targeted embedding against pruning, which also trains the model itself.
 
 The pattern factories return a :class:`~art_backdoor_ext.attacks.poisoning.perturbations.PatternTrigger`, whose
 ``.pattern`` attribute is the additive pattern (for comparing with a defence's recovered pattern).
@@ -30,7 +31,7 @@ from art_backdoor_ext.attacks.poisoning.perturbations import (
     localised_trigger,
     make_pattern,
 )
-from art_backdoor_ext.evaluation.api import AttackContext, register_attack
+from art_backdoor_ext.evaluation.api import ATTACKS, AttackContext, get_attack, register_attack
 
 logger = logging.getLogger(__name__)
 
@@ -127,41 +128,80 @@ def _adversarial(ctx: AttackContext, norm_bound: float = 0.5, surrogate_epochs: 
 
 
 class _EmbeddingTrainer:
-    """The harness's side of ``"adversarial-embedding"``: a trigger to poison with, and the training step."""
+    """
+    The harness's side of ``"adversarial-embedding"`` and ``"targeted-embedding"``: a trigger to poison with, and the
+    training step (the attack class, continuing from the scenario's naive model with ``pretrain_epochs=0``).
+    """
 
-    def __init__(self, trigger, ctx: AttackContext, params: dict) -> None:
+    def __init__(self, attack_class, trigger, ctx: AttackContext, params: dict) -> None:
+        self.attack_class = attack_class
         self.trigger = trigger
         self.ctx = ctx
         self.params = params
         self.info: dict = {}
 
     def train(self, classifier, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray):
-        """Embed the backdoor adversarially, starting from the scenario's naive model (``pretrain_epochs=0``)."""
-        from art_backdoor_ext.attacks.poisoning.adversarial_embedding import AdversarialBackdoorEmbedding
-
-        attack = AdversarialBackdoorEmbedding(classifier, self.trigger, self.ctx.target, sources=self.ctx.sources,
-                                              pretrain_epochs=0, seed=self.ctx.seed, verbose=self.ctx.verbose,
-                                              **self.params)
+        """Embed the backdoor, starting from the scenario's naive model."""
+        attack = self.attack_class(classifier, self.trigger, self.ctx.target, sources=self.ctx.sources,
+                                   pretrain_epochs=0, seed=self.ctx.seed, verbose=self.ctx.verbose, **self.params)
         model = attack.embed(x, y, is_poison, x_val=self.ctx.x_test, y_val=self.ctx.y_test)
-        self.info = {"embedding_seconds": attack.seconds_["embedding"], "history": attack.history_,
-                     "final_val_d_acc": attack.history_["val_d_acc"][-1]}
+        self.info = {"embedding_seconds": attack.seconds_["embedding"], "history": attack.history_}
+        if "val_d_acc" in attack.history_:
+            self.info["final_val_d_acc"] = attack.history_["val_d_acc"][-1]
+        if getattr(attack, "pruned_channels_", None):
+            self.info.update(pruned_channels=attack.pruned_channels_, pruned_layer=attack.layer_,
+                             pruning_seconds=attack.seconds_["pruning"])
         return model
+
+
+def _embedding_trigger(ctx: AttackContext, trigger: str, trigger_kwargs: Optional[dict], size: int, value: float):
+    """The trigger an embedding attack poisons with: the BadNets square, or any other registered attack's trigger."""
+    from art.attacks.poisoning import PoisoningAttackBackdoor
+
+    if trigger == "badnets":
+        return PoisoningAttackBackdoor(localised_trigger(size=size, value=value))
+    if trigger in ("adversarial-embedding", "targeted-embedding") or trigger not in ATTACKS:
+        names = sorted(n for n in ATTACKS if n not in ("adversarial-embedding", "targeted-embedding"))
+        raise ValueError(f"trigger must name a trigger attack of the harness ({', '.join(names)}); got {trigger!r}.")
+    return get_attack(trigger)(ctx, **(trigger_kwargs or {}))
 
 
 @register_attack("adversarial-embedding", trains_model=True)
 def _adversarial_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0, regularization: float = 0.3,
                            nb_epochs: int = 5, learning_rate: float = 1e-4, learning_rate_d: float = 1e-3,
                            d_steps: int = 1, batch_size: int = 64, layer: Optional[str] = None,
-                           reference: str = "target", objective: str = "confusion"):
+                           reference: str = "target", objective: str = "confusion", trigger: str = "badnets",
+                           trigger_kwargs: Optional[dict] = None):
     """
-    Tan & Shokri's adversarial backdoor embedding (https://arxiv.org/abs/1905.13409) with the BadNets square of
-    ``"badnets"``: the scenario's naive model is trained on the poisoned set as usual, then the attack continues its
-    training in the min-max game against a latent discriminator (:class:`~art_backdoor_ext.attacks.poisoning.
+    Tan & Shokri's adversarial backdoor embedding (https://arxiv.org/abs/1905.13409), by default with the BadNets
+    square of ``"badnets"`` (``trigger=`` names another attack of the harness, e.g. ``"chessboard-patch"``, with its
+    ``trigger_kwargs``): the scenario's naive model is trained on the poisoned set as usual, then the attack continues
+    its training in the min-max game against a latent discriminator (:class:`~art_backdoor_ext.attacks.poisoning.
     adversarial_embedding.AdversarialBackdoorEmbedding`); defences see the embedded model.
     """
-    from art.attacks.poisoning import PoisoningAttackBackdoor
+    from art_backdoor_ext.attacks.poisoning.adversarial_embedding import AdversarialBackdoorEmbedding
 
     params = dict(regularization=regularization, nb_epochs=nb_epochs, learning_rate=learning_rate,
                   learning_rate_d=learning_rate_d, d_steps=d_steps, batch_size=batch_size, layer=layer,
                   reference=reference, objective=objective)
-    return _EmbeddingTrainer(PoisoningAttackBackdoor(localised_trigger(size=size, value=value)), ctx, params)
+    return _EmbeddingTrainer(AdversarialBackdoorEmbedding, _embedding_trigger(ctx, trigger, trigger_kwargs, size, value),
+                             ctx, params)
+
+
+@register_attack("targeted-embedding", trains_model=True)
+def _targeted_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0, regularization: float = 10.0,
+                        scale: float = 1e-5, prune_acc_drop: float = 0.08, nb_epochs: int = 5,
+                        learning_rate: float = 1e-3, batch_size: int = 64, layer: Optional[str] = None,
+                        trigger: str = "badnets", trigger_kwargs: Optional[dict] = None):
+    """
+    Tan & Shokri's targeted embedding against pruning (Eq. 4; :class:`~art_backdoor_ext.attacks.poisoning.
+    targeted_embedding.TargetedBackdoorEmbedding`): the scenario's naive model is trained as usual, the channels the
+    pruning defence would remove from it are found, and the model is retrained so that they stay silent and the
+    backdoor survives their removal. Trigger as for ``"adversarial-embedding"``.
+    """
+    from art_backdoor_ext.attacks.poisoning.targeted_embedding import TargetedBackdoorEmbedding
+
+    params = dict(regularization=regularization, scale=scale, prune_acc_drop=prune_acc_drop, nb_epochs=nb_epochs,
+                  learning_rate=learning_rate, batch_size=batch_size, layer=layer)
+    return _EmbeddingTrainer(TargetedBackdoorEmbedding, _embedding_trigger(ctx, trigger, trigger_kwargs, size, value),
+                             ctx, params)

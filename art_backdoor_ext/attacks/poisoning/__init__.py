@@ -29,6 +29,7 @@ __all__ = [
     "PoisoningAttackInvisibleBackdoor",
     "PoisoningAttackAdversarialTrigger",
     "AdversarialBackdoorEmbedding",
+    "TargetedBackdoorEmbedding",
 ]
 
 
@@ -45,4 +46,8 @@ def __getattr__(name):  # lazy: the attack classes import ART's poisoning module
         from art_backdoor_ext.attacks.poisoning.adversarial_embedding import AdversarialBackdoorEmbedding
 
         return AdversarialBackdoorEmbedding
+    if name == "TargetedBackdoorEmbedding":
+        from art_backdoor_ext.attacks.poisoning.targeted_embedding import TargetedBackdoorEmbedding
+
+        return TargetedBackdoorEmbedding
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

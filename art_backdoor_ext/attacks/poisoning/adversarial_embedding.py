@@ -77,7 +77,110 @@ def apply_trigger(trigger, x: np.ndarray, target: int, nb_classes: int) -> np.nd
     return np.asarray(trigger(x), np.float32)
 
 
-class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
+class _EmbeddingAttack(PoisoningAttackTransformer):
+    """
+    What the embedding attacks share: a trigger, a target and a poisoning fraction; :meth:`poison` (ART's backdoor
+    API), :meth:`poison_estimator` (poison a fraction of a clean set, then :meth:`embed`), :meth:`get_training_data`,
+    and the naive pretraining the paper starts from. Subclasses implement :meth:`embed` and their own checks.
+    """
+
+    _estimator_requirements = (BaseEstimator, NeuralNetworkMixin, ClassifierMixin)
+
+    def __init__(self, classifier, trigger, target: int, fraction: float, sources, pretrain_epochs: int,
+                 batch_size: int, seed: int, verbose: bool) -> None:
+        super().__init__(classifier=classifier)
+        self.trigger = trigger
+        self.target = target
+        self.fraction = fraction
+        self.sources = sources
+        self.pretrain_epochs = pretrain_epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+        self.naive_classifier_ = None
+        self.seconds_: Dict[str, float] = {}
+        self._training_data: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+    def _check_common(self) -> None:
+        if self.trigger is None or not (callable(self.trigger) or hasattr(self.trigger, "poison")):
+            raise ValueError(f"trigger must be a function f(x) -> x or an ART backdoor attack with poison(), got "
+                             f"{self.trigger!r}.")
+        nb_classes = get_adapter(self.estimator).nb_classes
+        check_int("target", self.target, 0, nb_classes - 1)
+        check_number("fraction", self.fraction, 0, 1, low_open=True, high_open=True, hint="the paper: 0.05")
+        as_class_list(self.sources, nb_classes, exclude=int(self.target), name="sources")
+        check_int("pretrain_epochs", self.pretrain_epochs, 0)
+        check_int("batch_size", self.batch_size, 2)
+        check_seed("seed", self.seed, allow_none=False)
+        check_bool("verbose", self.verbose)
+
+    # ----------------------------------------------------------------------------------------------- poisoning
+    def poison(self, x: np.ndarray, y: Optional[np.ndarray] = None, broadcast: bool = False,
+               **kwargs) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Add the trigger to ``x`` and return ``(x_poison, y_poison)`` as ART's backdoor attacks do.
+
+        :param x: Images; not modified.
+        :param y: Target labels (one-hot or integer); with ``broadcast`` one label for all images.
+        """
+        x, y_attack = poison_labels(x, y, broadcast)
+        return apply_trigger(self.trigger, x, int(self.target), get_adapter(self.estimator).nb_classes), y_attack
+
+    def poison_estimator(self, x: np.ndarray, y: np.ndarray, x_val: Optional[np.ndarray] = None,
+                         y_val: Optional[np.ndarray] = None, **kwargs):
+        """
+        Poison ``fraction`` of ``(x, y)`` (the originals of the poisoned images are replaced, as in ART) and train a
+        clone of the classifier on it with :meth:`embed`. The poisoned set is kept for :meth:`get_training_data`.
+
+        :param x: Clean training images; not modified.
+        :param y: Integer or one-hot labels; not modified.
+        :param x_val: Optional held-out clean images (with ``y_val``) for the attack's own held-out measurements.
+        :return: The trained classifier (a new object).
+        """
+        adapter = get_adapter(self.estimator)
+        x, labels = check_xy(x, y, adapter.nb_classes)
+        data = poison_dataset(x, labels, self.trigger, int(self.target), self.sources, fraction=float(self.fraction),
+                              nb_classes=adapter.nb_classes, seed=int(self.seed))
+        y_out = data.y
+        if np.asarray(y).ndim == 2:
+            y_out = np.eye(adapter.nb_classes, dtype=np.float32)[data.y]
+        self._training_data = (data.x, y_out, data.is_poison)
+        return self.embed(data.x, data.y, data.is_poison, x_val=x_val, y_val=y_val)
+
+    def get_training_data(self) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(x_poisoned_set, labels, is_backdoor)`` of the last :meth:`poison_estimator` call (ART's API)."""
+        return self._training_data
+
+    def embed(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray, x_val: Optional[np.ndarray] = None,
+              y_val: Optional[np.ndarray] = None):
+        """Train a clone of the classifier on an already poisoned set (see the subclasses)."""
+        raise NotImplementedError
+
+    def _check_poisoned_set(self, x, y, is_poison):
+        adapter = get_adapter(self.estimator)
+        x, labels = check_xy(x, y, adapter.nb_classes)
+        is_poison = np.asarray(is_poison, bool)
+        if is_poison.shape != (len(x),):
+            raise ValueError(f"is_poison must be a boolean mask of shape ({len(x)},), got {is_poison.shape}.")
+        if not is_poison.any():
+            raise ValueError("is_poison marks no image: the attack needs poisoned images.")
+        return x, labels, is_poison
+
+    def _pretrain(self, x: np.ndarray, labels: np.ndarray):
+        """A clone of the classifier, trained ``pretrain_epochs`` as a naive backdoor (kept in ``naive_classifier_``)."""
+        clone = get_adapter(self.estimator).clone()
+        clone_adapter = get_adapter(clone)
+        start = time.perf_counter()
+        if int(self.pretrain_epochs) > 0:
+            with clone_adapter.seeded(int(self.seed)):
+                clone_adapter.fit(x, labels, nb_epochs=int(self.pretrain_epochs), batch_size=int(self.batch_size),
+                                  verbose=bool(self.verbose))
+            self.naive_classifier_ = clone_adapter.clone()
+        self.seconds_ = {"pretrain": time.perf_counter() - start}
+        return clone, clone_adapter
+
+
+class AdversarialBackdoorEmbedding(_EmbeddingAttack):
     """
     Adversarial backdoor embedding (Tan & Shokri, https://arxiv.org/abs/1905.13409): poisons a fraction of the
     training set with a trigger and trains a copy of the classifier so that the poisoned images' latent features at
@@ -99,8 +202,6 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         "learning_rate_d", "d_steps", "pretrain_epochs", "batch_size", "noise_sigma", "noise_decay", "reference",
         "objective", "seed", "verbose",
     ]
-    _estimator_requirements = (BaseEstimator, NeuralNetworkMixin, ClassifierMixin)
-
     def __init__(self, classifier, trigger: Union[Callable[[np.ndarray], np.ndarray], object], target: int,
                  fraction: float = 0.05, sources=None, layer: Optional[str] = None, regularization: float = 0.3,
                  nb_epochs: int = 5, learning_rate: float = 1e-4, learning_rate_d: float = 1e-3, d_steps: int = 1,
@@ -138,42 +239,25 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         :param seed: Seed of the poisoned images' choice, the batch order, the noise and ``D``'s initial weights.
         :param verbose: Log each epoch at INFO level (the game always logs; this also shows ART's fit progress).
         """
-        super().__init__(classifier=classifier)
-        self.trigger = trigger
-        self.target = target
-        self.fraction = fraction
-        self.sources = sources
+        super().__init__(classifier, trigger, target, fraction, sources, pretrain_epochs, batch_size, seed, verbose)
         self.layer = layer
         self.regularization = regularization
         self.nb_epochs = nb_epochs
         self.learning_rate = learning_rate
         self.learning_rate_d = learning_rate_d
         self.d_steps = d_steps
-        self.pretrain_epochs = pretrain_epochs
-        self.batch_size = batch_size
         self.noise_sigma = noise_sigma
         self.noise_decay = noise_decay
         self.reference = reference
         self.objective = objective
-        self.seed = seed
-        self.verbose = verbose
         self.history_: Dict[str, List[float]] = {}
-        self.naive_classifier_ = None
-        self.seconds_: Dict[str, float] = {}
         self.discriminator_ = None
-        self._training_data: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
         self._check_params()
 
     # ----------------------------------------------------------------------------------------------- validation
     def _check_params(self) -> None:
-        if self.trigger is None or not (callable(self.trigger) or hasattr(self.trigger, "poison")):
-            raise ValueError(f"trigger must be a function f(x) -> x or an ART backdoor attack with poison(), got "
-                             f"{self.trigger!r}.")
+        self._check_common()
         adapter = get_adapter(self.estimator)
-        nb_classes = adapter.nb_classes
-        check_int("target", self.target, 0, nb_classes - 1)
-        check_number("fraction", self.fraction, 0, 1, low_open=True, high_open=True, hint="the paper: 0.05")
-        as_class_list(self.sources, nb_classes, exclude=int(self.target), name="sources")
         check_layer_name("layer", self.layer)
         if self.layer is not None and self.layer not in adapter.layer_names:
             raise ValueError(f"layer {self.layer!r} is not a layer of the classifier; its layers are: "
@@ -183,52 +267,10 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         check_number("learning_rate", self.learning_rate, 0, low_open=True)
         check_number("learning_rate_d", self.learning_rate_d, 0, low_open=True)
         check_int("d_steps", self.d_steps, 1)
-        check_int("pretrain_epochs", self.pretrain_epochs, 0)
-        check_int("batch_size", self.batch_size, 2)
         check_number("noise_sigma", self.noise_sigma, 0)
         check_number("noise_decay", self.noise_decay, 1)
         check_choice("reference", self.reference, ("target", "all"))
         check_choice("objective", self.objective, ("paper", "confusion", "flip"))
-        check_seed("seed", self.seed, allow_none=False)
-        check_bool("verbose", self.verbose)
-
-    # ----------------------------------------------------------------------------------------------- poisoning
-    def poison(self, x: np.ndarray, y: Optional[np.ndarray] = None, broadcast: bool = False,
-               **kwargs) -> Tuple[np.ndarray, np.ndarray]:
-        """
-        Add the trigger to ``x`` and return ``(x_poison, y_poison)`` as ART's backdoor attacks do.
-
-        :param x: Images; not modified.
-        :param y: Target labels (one-hot or integer); with ``broadcast`` one label for all images.
-        """
-        x, y_attack = poison_labels(x, y, broadcast)
-        return apply_trigger(self.trigger, x, int(self.target), get_adapter(self.estimator).nb_classes), y_attack
-
-    def poison_estimator(self, x: np.ndarray, y: np.ndarray, x_val: Optional[np.ndarray] = None,
-                         y_val: Optional[np.ndarray] = None, **kwargs):
-        """
-        Poison ``fraction`` of ``(x, y)`` (the originals of the poisoned images are replaced, as in ART) and train a
-        clone of the classifier on it with :meth:`embed`. The poisoned set is kept for :meth:`get_training_data`.
-
-        :param x: Clean training images; not modified.
-        :param y: Integer or one-hot labels; not modified.
-        :param x_val: Optional held-out clean images (with ``y_val``) on which ``D``'s accuracy is recorded each epoch
-                      (triggered source images against clean target images).
-        :return: The trained classifier (a new object).
-        """
-        adapter = get_adapter(self.estimator)
-        x, labels = check_xy(x, y, adapter.nb_classes)
-        data = poison_dataset(x, labels, self.trigger, int(self.target), self.sources, fraction=float(self.fraction),
-                              nb_classes=adapter.nb_classes, seed=int(self.seed))
-        y_out = data.y
-        if np.asarray(y).ndim == 2:
-            y_out = np.eye(adapter.nb_classes, dtype=np.float32)[data.y]
-        self._training_data = (data.x, y_out, data.is_poison)
-        return self.embed(data.x, data.y, data.is_poison, x_val=x_val, y_val=y_val)
-
-    def get_training_data(self) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(x_poisoned_set, labels, is_backdoor)`` of the last :meth:`poison_estimator` call (ART's API)."""
-        return self._training_data
 
     def embed(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray, x_val: Optional[np.ndarray] = None,
               y_val: Optional[np.ndarray] = None):
@@ -244,12 +286,7 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         """
         self._check_params()
         adapter = get_adapter(self.estimator)
-        x, labels = check_xy(x, y, adapter.nb_classes)
-        is_poison = np.asarray(is_poison, bool)
-        if is_poison.shape != (len(x),):
-            raise ValueError(f"is_poison must be a boolean mask of shape ({len(x)},), got {is_poison.shape}.")
-        if not is_poison.any():
-            raise ValueError("is_poison marks no image: the game needs poisoned images.")
+        x, labels, is_poison = self._check_poisoned_set(x, y, is_poison)
         target = int(self.target)
         reference = ~is_poison & ((labels == target) if self.reference == "target" else True)
         if not reference.any():
@@ -257,15 +294,7 @@ class AdversarialBackdoorEmbedding(PoisoningAttackTransformer):
         layer = adapter.resolve_layer(self.layer)
         validation = self._validation(x_val, y_val, adapter.nb_classes)
 
-        clone = adapter.clone()
-        clone_adapter = get_adapter(clone)
-        start = time.perf_counter()
-        if int(self.pretrain_epochs) > 0:
-            with clone_adapter.seeded(int(self.seed)):
-                clone_adapter.fit(x, labels, nb_epochs=int(self.pretrain_epochs), batch_size=int(self.batch_size),
-                                  verbose=bool(self.verbose))
-            self.naive_classifier_ = clone_adapter.clone()
-        self.seconds_ = {"pretrain": time.perf_counter() - start}
+        clone, clone_adapter = self._pretrain(x, labels)
         start = time.perf_counter()
         self.history_ = clone_adapter.train_adversarial_embedding(
             x, labels, is_poison, reference, layer=layer, lam=float(self.regularization),
