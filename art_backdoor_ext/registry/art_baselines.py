@@ -69,8 +69,31 @@ def spectral_signatures(ctx: ScenarioContext, eps_multiplier: float = 1.5, expec
                                        eps_multiplier=eps_multiplier)
     _, is_clean = defence.detect_poison()
     report = {"detected": None, "target_class": None, "suspected_classes": [],
-              "notes": _check_art_layer(ctx, layer)}
+              "notes": _check_art_layer(ctx, layer), "scores": _spectral_percentiles(ctx)}
     return report, np.asarray(is_clean, int)
+
+
+def _spectral_percentiles(ctx: ScenarioContext) -> np.ndarray:
+    """
+    Per-image suspicion for threshold-free metrics: each image's spectral-signature score (ART's
+    ``spectral_signature_scores``, the squared projection on the top singular vector of its class's centred features)
+    as a percentile within its class, so that classes of different spread are comparable. SS keeps the images below a
+    per-class percentile, so these scores order images as SS does within a class.
+    """
+    from art.defences.detector.poison import SpectralSignatureDefense
+    from scipy.stats import rankdata
+
+    layer = len(ctx.classifier.layer_names) - 1  # the layer ART's SS reads
+    feats = np.asarray(ctx.classifier.get_activations(ctx.x_train, layer=layer, batch_size=256))
+    feats = feats.reshape(len(feats), -1)
+    scores = np.zeros(len(feats))
+    for c in np.unique(ctx.y_train):
+        idx = np.flatnonzero(ctx.y_train == c)
+        if len(idx) < 2:
+            continue
+        raw = np.asarray(SpectralSignatureDefense.spectral_signature_scores(feats[idx])).ravel()
+        scores[idx] = rankdata(raw) / len(idx)
+    return scores
 
 
 def _relative_size_rule(ctx: ScenarioContext, is_clean: Sequence[int], size_threshold: float, notes: str):

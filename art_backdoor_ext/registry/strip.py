@@ -48,5 +48,6 @@ def _strip(ctx: ScenarioContext, num_samples: int = 20, false_acceptance_rate: f
     threshold = norm.ppf(false_acceptance_rate, loc=ent_val.mean(), scale=ent_val.std())
     ent = strip_entropy(ctx.classifier, ctx.x_train, x_val, num_samples, seed=ctx.scenario.seed + 1)
     is_clean = (ent > threshold).astype(int)
-    report = {"detected": None, "target_class": None, "suspected_classes": [], "entropy_threshold": float(threshold)}
+    report = {"detected": None, "target_class": None, "suspected_classes": [], "entropy_threshold": float(threshold),
+              "scores": -ent}  # per-image suspicion for threshold-free metrics: low entropy = suspicious
     return report, is_clean

@@ -55,6 +55,10 @@ def test_grid_runs_on_local(full):
     assert all(p["nb_poison"] == 80 for p in result.payloads if p["poisoned"])
     table = result.table()
     assert table.count("\n") == 1 + len(result.cells) and "digits/localised" in table
+    # SS scores every training image (its per-class spectral percentile): threshold-free metrics on the poisoned entry
+    auroc = poisoned_ss["metrics"]["auroc"]
+    assert auroc["n"] == 2 and 0.0 <= auroc["mean"] <= 1.0
+    assert all(p["scores"] is None for p in result.payloads if p["row"]["defence"] == "ac")
 
 
 def test_rerun_takes_everything_from_the_cache(full):
