@@ -92,7 +92,7 @@ def poison_dataset(
     :return: :class:`PoisonedDataset` (also unpacks as ``x, y, is_poison``).
     """
     x, labels = check_xy(x, y)
-    check_range(x, 0.0, 1.0, name="x")
+    check_range(x, 0.0, 1.0, name="x", bound="ART's image range, which the triggers keep")
     if len(labels) == 0:
         raise ValueError("x is empty: poison_dataset needs training images.")
     if nb_classes is None:
@@ -134,7 +134,7 @@ def poison_dataset(
         raise ValueError(f"The trigger changed the image shape from {x[chosen].shape[1:]} to {x_poison.shape[1:]}.")
     if not np.all(np.isfinite(x_poison)):
         raise ValueError("The trigger returned NaN or infinite values; check perturbation_or_attack.")
-    check_range(x_poison, 0.0, 1.0, name="the triggered images")
+    check_range(x_poison, 0.0, 1.0, name="the triggered images", bound="ART's image range")
     keep = np.ones(len(x), dtype=bool)
     if remove_originals:
         keep[chosen] = False
