@@ -345,6 +345,28 @@ def test_aegis_skips_a_class_whose_features_are_identical():
     assert AEGISDefence._degenerate(4, 10, same + np.arange(30)[:, None]) is None
 
 
+def test_aegis_plots_name_why_a_class_was_skipped(s):
+    defence = _det(s, "AEGISDefence", x=s.x[s.y != 0], y=s.y[s.y != 0])
+    _caught(defence.detect_poison)
+    assert 0 in defence.report_["skipped_classes"]
+    with pytest.raises(ValueError, match="Class 0 was not tested by AEGIS: class 0 has 0 training image"):
+        defence.cluster_data(0)
+
+
+def test_neural_cleanse_is_inconclusive_when_it_cannot_filter_or_never_converged(s):
+    # a one-image training set: the anomalous class has no image of another class to stamp (used to crash in numpy)
+    (report, is_clean), messages = _caught(lambda: _det(s, "NeuralCleanseDefence", x=s.x[:1], y=s.y[:1]).detect_poison())
+    assert report["detected"] is None and "no image of another class" in report["inconclusive"] and is_clean == [1]
+    assert any("Neural Cleanse is inconclusive" in m for m in messages)
+    # one optimisation step per target on a clean model: no mask works, yet one is an outlier (it used to be reported
+    # as a backdoor in that class)
+    (report, is_clean), messages = _caught(lambda: _det(s, "NeuralCleanseDefence", nb_epochs=1, steps_per_epoch=1,
+                                                        attack_success_threshold=0.9999).detect_poison())
+    assert not any(report["converged"].values())
+    assert report["detected"] is None and "no mask reached attack success" in report["inconclusive"]
+    assert set(is_clean) == {1} and any("Neural Cleanse is inconclusive" in m for m in messages)
+
+
 def test_cluster_impurity_records_why_degenerate_classes_are_skipped(s):
     idx = np.concatenate([np.flatnonzero(s.y == 0)[:1], np.flatnonzero(s.y == 1)[:20], np.flatnonzero(s.y == 2)[:20]])
     (report, is_clean), messages = _caught(lambda: _det(s, "ClusterImpurityDefence", x=s.x[idx],

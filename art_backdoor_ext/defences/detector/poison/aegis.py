@@ -532,6 +532,9 @@ class AEGISDefence(PoisonFilteringDefenceBase):
     # ----------------------------------------------------------------------------------------------------- plots
     def cluster_data(self, cls: int) -> Dict[str, Any]:
         """The 2-D embedding, cluster labels, training/translated mask and translated images of one class."""
+        skipped = (self.report_ or {}).get("skipped_classes", {})
+        if cls in skipped:
+            raise ValueError(f"Class {cls!r} was not tested by AEGIS: {skipped[cls]}.")
         if cls not in self.embeddings_:
             raise ValueError(f"No AEGIS results for class {cls!r}; run detect_poison() first "
                              f"(classes available: {sorted(self.embeddings_)}).")
