@@ -536,3 +536,37 @@ def test_fine_pruning_is_deterministic_under_seed_on_pytorch(s, learning_rate):
     first = run(3)
     np.testing.assert_array_equal(first, run(3))
     assert not np.array_equal(first, run(4))  # the seed does drive the fine-tuning order
+
+
+# ------------------------------------------------------------------------------------------------ Keras
+def test_keras_entries_name_the_transpose_and_keep_the_generators(s):
+    """The Keras side of the layout check (channels-first data on a Keras model), and numpy's and Python's generators
+    after a Keras defence. (TensorFlow's global seed cannot be read back; the adapter documents that it stays set.)"""
+    from art_backdoor_ext.defences.transformer.poisoning import FinePruning
+    from art_backdoor_ext.models import make_classifier
+
+    to_nhwc = r"np\.transpose\(x, \(0, 2, 3, 1\)\)"
+    clf = make_classifier("keras", input_shape=(8, 8, 1), nb_classes=10, nb_epochs=0, seed=0)
+    for name in CHEAP:
+        with pytest.raises(ValueError, match="x_train .*" + to_nhwc):
+            _defence(name)(clf, s.x, s.y, **CHEAP[name])
+    with pytest.raises(ValueError, match="x .*" + to_nhwc):
+        accuracy(clf, s.xt, s.yt)
+    with pytest.raises(ValueError, match="x .*" + to_nhwc):
+        attack_success_rate(clf, s.xt, s.yt, localised_trigger(size=2), target=1)
+    with pytest.raises(ValueError, match="x .*" + to_nhwc):
+        FinePruning(clf, nb_epochs=0, min_clean=10)(s.xt, s.yt)
+    with pytest.raises(ValueError, match="x_train .*" + to_nhwc):
+        make_classifier("keras", x_train=s.x[:20], y_train=s.y[:20], nb_epochs=1)
+    with pytest.raises(ValueError, match="x_train .*" + SCALE):
+        _defence("ClusterImpurityDefence")(clf, s.nhwc * 255, s.y)
+
+    np.random.seed(1234)
+    random.seed(1234)
+    before = np.random.get_state(), random.getstate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _defence("ClusterImpurityDefence")(clf, s.nhwc, s.y, max_components=2).detect_poison()
+        FinePruning(clf, nb_epochs=1, min_clean=10, learning_rate=None)(s.nhwc[:60], s.y[:60])
+    after = np.random.get_state(), random.getstate()
+    assert np.array_equal(before[0][1], after[0][1]) and before[0][2] == after[0][2] and before[1] == after[1]
