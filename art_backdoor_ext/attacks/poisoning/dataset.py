@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 
-from art_backdoor_ext.utils import as_class_list, check_int, check_number, check_range, check_seed, check_xy
+from art_backdoor_ext.utils import as_class_list, check_bool, check_int, check_number, check_range, check_seed, check_xy
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def poison_dataset(
     :return: :class:`PoisonedDataset` (also unpacks as ``x, y, is_poison``).
     """
     x, labels = check_xy(x, y)
+    check_bool("remove_originals", remove_originals)
     check_range(x, 0.0, 1.0, name="x", bound="ART's image range, which the triggers keep")
     if len(labels) == 0:
         raise ValueError("x is empty: poison_dataset needs training images.")

@@ -276,6 +276,10 @@ class PatternTrigger:
         pattern = np.array(pattern, dtype=np.float32, copy=True)
         if pattern.ndim not in (2, 3) or not np.all(np.isfinite(pattern)):
             raise ValueError(f"pattern must be one finite image (2 or 3 axes), got shape {pattern.shape}.")
+        if np.abs(pattern).max(initial=0.0) > 1.0:
+            raise ValueError(f"pattern must be an additive pattern for images in [0, 1], with values in [-1, 1]; got "
+                             f"values up to {np.abs(pattern).max():.4g} (a 0-255 pattern? divide it by 255).")
+        check_bool("quantise", quantise)
         pattern.setflags(write=False)
         self.pattern = pattern
         self.kind = kind
