@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from art_backdoor_ext.attacks.poisoning import (add_distributed_trigger, add_localised_trigger, add_pattern,
                                                 distributed_trigger, isolated_pixels_pattern, localised_trigger,
@@ -569,7 +571,72 @@ def test_keras_entries_name_the_transpose_and_keep_the_generators(s):
     before = np.random.get_state(), random.getstate()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _defence("ClusterImpurityDefence")(clf, s.nhwc, s.y, max_components=2).detect_poison()
+        runs = [(_defence("ClusterImpurityDefence")(clf, s.nhwc, s.y, max_components=2).detect_poison(),
+                 _defence("ReverseEngineeringDefence")(clf, s.nhwc, s.y, max_iter=3, batch_size=4).detect_poison())
+                for _ in range(2)]
         FinePruning(clf, nb_epochs=1, min_clean=10, learning_rate=None)(s.nhwc[:60], s.y[:60])
     after = np.random.get_state(), random.getstate()
     assert np.array_equal(before[0][1], after[0][1]) and before[0][2] == after[0][2] and before[1] == after[1]
+    # deterministic on Keras too
+    (ci_a, re_a), (ci_b, re_b) = runs
+    assert ci_a[1] == ci_b[1] and ci_a[0]["nb_components"] == ci_b[0]["nb_components"]
+    np.testing.assert_array_equal(re_a[0]["norms"], re_b[0]["norms"])
+
+
+# ------------------------------------------------------------------------------------------------ properties
+_GRID = st.integers(0, 255).map(lambda v: v / 255.0)
+
+
+@st.composite
+def _images(draw):
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(6, 9)), draw(st.integers(6, 9))
+    values = draw(st.lists(_GRID, min_size=n * h * w, max_size=n * h * w))
+    return np.asarray(values, np.float32).reshape(n, 1, h, w)
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=_images(), size=st.integers(1, 2), value=_GRID, distributed=st.booleans())
+def test_visible_triggers_properties(x, size, value, distributed):
+    """Shape, dtype, range, the 8-bit grid, no NaN, no mutation, and the squares exactly where the paper puts them."""
+    x_before = x.copy()
+    trigger = (distributed_trigger if distributed else localised_trigger)(size=size, value=value)
+    out = trigger(x)
+    np.testing.assert_array_equal(x, x_before)
+    assert out.shape == x.shape and out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(out * 255, np.round(out * 255), atol=1e-4)
+    expected = x.copy()
+    h, w = x.shape[2:]
+    expected[:, :, h - 1 - size:h - 1, w - 1 - size:w - 1] = value  # bottom-right, one pixel from the border
+    if distributed:
+        expected[:, :, 1:1 + size, 1:1 + size] = value  # and top-left
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(trigger(x), out)  # a function of x alone
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), nb_pixels=st.integers(1, 3))
+def test_isolated_pixels_pattern_properties(seed, nb_pixels):
+    pattern = isolated_pixels_pattern((1, 10, 10), nb_pixels=nb_pixels, seed=seed)
+    assert pattern.shape == (1, 10, 10) and pattern.dtype == np.float32
+    assert int((pattern > 0).sum()) == nb_pixels and np.all(np.isin(pattern, (0.0, np.float32(0.35))))
+    np.testing.assert_array_equal(pattern, isolated_pixels_pattern((1, 10, 10), nb_pixels=nb_pixels, seed=seed))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 40), target=st.integers(0, 9), offset=st.integers(0, 100))
+def test_accuracy_and_asr_equal_a_hand_count(s, n, target, offset):
+    from art_backdoor_ext.estimators import get_adapter
+
+    x, y = s.xt[offset:offset + n], s.yt[offset:offset + n]
+    pred = get_adapter(s.clf).predict_labels(x)
+    assert accuracy(s.clf, x, y) == pytest.approx(float(np.mean(pred == y)))
+    sources = y != target
+    trigger = localised_trigger(size=2)
+    if not sources.any():
+        with pytest.raises(ValueError, match="No test images of the source classes"):
+            attack_success_rate(s.clf, x, y, trigger, target=target)
+        return
+    hand = float(np.mean(get_adapter(s.clf).predict_labels(trigger(x[sources])) == target))
+    asr = attack_success_rate(s.clf, x, y, trigger, target=target)
+    assert 0.0 <= asr <= 1.0 and asr == pytest.approx(hand)
