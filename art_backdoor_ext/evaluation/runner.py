@@ -76,7 +76,8 @@ def check_scenario(scenario: Scenario) -> None:
     if scenario.poisoned:
         check_int("Scenario.target", scenario.target, low=0)
         if scenario.sources is not None and not (isinstance(scenario.sources, str) and scenario.sources == "all"):
-            sources = [scenario.sources] if not isinstance(scenario.sources, (list, tuple)) else scenario.sources
+            sources = (list(scenario.sources) if isinstance(scenario.sources, Iterable)
+                       and not isinstance(scenario.sources, str) else [scenario.sources])
             bad = [c for c in sources if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0]
             if bad or not sources:
                 raise ValueError(f"Scenario.sources must be None, 'all', a class index or a list of class indices, got "
