@@ -195,6 +195,8 @@ CASES = {
     # metrics
     "accuracy/layout": (lambda s: accuracy(s.clf, np.transpose(s.xt, (0, 2, 3, 1)), s.yt), ValueError,
                         "x .*" + TO_NCHW),
+    "accuracy/no-channel-axis": (lambda s: accuracy(s.clf, s.xt[:, 0], s.yt), ValueError,
+                                 r"x .*add it with x\[:, np\.newaxis\]"),
     "accuracy/0-255": (lambda s: accuracy(s.clf, s.xt * 255, s.yt), ValueError, "x .*" + SCALE),
     "accuracy/lengths": (lambda s: accuracy(s.clf, s.xt, s.yt[:5]), ValueError, "y has 5 labels"),
     "accuracy/label": (lambda s: accuracy(s.clf, s.xt, np.full(len(s.yt), 10)), ValueError, "y holds label 10"),
@@ -567,6 +569,8 @@ def test_keras_entries_name_the_transpose_and_keep_the_generators(s):
         accuracy(clf, s.xt, s.yt)
     with pytest.raises(ValueError, match="x .*" + to_nhwc):
         attack_success_rate(clf, s.xt, s.yt, localised_trigger(size=2), target=1)
+    with pytest.raises(ValueError, match=r"x .*add it with x\[\.\.\., np\.newaxis\]"):
+        accuracy(clf, s.nhwc[..., 0], s.y)
     with pytest.raises(ValueError, match="x .*" + to_nhwc):
         FinePruning(clf, nb_epochs=0, min_clean=10)(s.xt, s.yt)
     with pytest.raises(ValueError, match="x_train .*" + to_nhwc):
