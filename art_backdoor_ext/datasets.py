@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from art_backdoor_ext.utils import check_bool, check_int, check_number, check_seed
+
 logger = logging.getLogger(__name__)
 
 Split = Tuple[np.ndarray, np.ndarray]
@@ -66,8 +68,13 @@ def load_dataset(
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size}.")
+    check_number("test_size", test_size, low=0, high=1, low_open=True, high_open=True)
+    check_bool("channels_first", channels_first)
+    check_bool("download", download)
+    check_seed("seed", seed, allow_none=False)
+    check_int("image_size", image_size, low=8, hint="GTSRB images are resized to it")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder path (str) or None, got {root!r}.")
     name = name.lower()
 
     if name in BUNDLED:

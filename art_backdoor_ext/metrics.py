@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
-from art_backdoor_ext.utils import as_class_list, to_labels
+from art_backdoor_ext.utils import as_class_list, check_int, check_number, check_seed, to_labels
 
 
 def _adapter(classifier):
@@ -25,6 +25,7 @@ def _adapter(classifier):
 
 def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     """Clean accuracy of an ART classifier on ``(x, y)`` (integer or one-hot labels)."""
+    check_int("batch_size", batch_size, low=1)
     adapter = _adapter(classifier)
     labels = to_labels(y, adapter.nb_classes)
     if len(x) != len(labels):
@@ -50,6 +51,7 @@ def attack_success_rate(
     :param trigger: ``f(x) -> x`` adding the trigger (a perturbation function, or an attack's ``poison``-like callable).
     :param sources: Source classes (``None``: every class but the target). Images of the target class never count.
     """
+    check_int("batch_size", batch_size, low=1)
     adapter = _adapter(classifier)
     nb_classes = adapter.nb_classes
     labels = to_labels(y, nb_classes)
@@ -104,6 +106,10 @@ def filtering_rates(is_clean: Sequence[int], is_poison: Sequence[bool], y: np.nd
     if target is not None and (isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer))
                                or target < 0):
         raise ValueError(f"target must be None or a class index >= 0, got {target!r}.")
+    nb_columns = np.shape(y)[1] if np.ndim(y) == 2 and np.shape(y)[1] > 1 else None
+    if target is not None and nb_columns and target >= nb_columns:
+        raise ValueError(f"target {target} is not a class of y (one-hot with {nb_columns} classes); pass the attack's "
+                         "target class, or target=None for no target-class FPR.")
     is_clean, is_poison = is_clean.astype(int), is_poison.astype(bool)
     flagged = is_clean == 0
 
@@ -206,7 +212,15 @@ def latent_separability(features: np.ndarray, is_poison: Sequence[bool], nb_dims
     from sklearn.preprocessing import StandardScaler
 
     f = np.asarray(features, np.float64).reshape(len(features), -1)
-    b = np.asarray(is_poison, bool)
+    if not np.all(np.isfinite(f)):
+        raise ValueError("features contains NaN or infinite values.")
+    raw = np.asarray(is_poison)
+    if raw.ndim != 1 or not np.isin(raw, (0, 1)).all():
+        raise ValueError("is_poison must be a 1-D array of booleans (or 0/1), one per row of features.")
+    b = raw.astype(bool)
+    check_int("nb_dims", nb_dims, low=1)
+    check_number("eps_multiplier", eps_multiplier, low=0, low_open=True, hint="Tran et al. remove 1.5 eps")
+    check_seed("seed", seed, allow_none=False)
     if len(b) != len(f):
         raise ValueError(f"features has {len(f)} rows but is_poison has {len(b)}.")
     if b.sum() < 2 or (~b).sum() < 2:

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.utils import check_seed, check_xy
+from art_backdoor_ext.utils import check_bool, check_int, check_number, check_range, check_seed, check_xy
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,21 @@ def _check_width(width: str) -> Tuple[int, int, int]:
     if width not in WIDTHS:
         raise ValueError(f"width must be one of {sorted(WIDTHS)}, got {width!r}.")
     return WIDTHS[width]
+
+
+def _check_layout(image_shape: Sequence[int], framework: str) -> None:
+    """``ValueError`` naming the transpose when images are in the other framework's layout (ART: ``NCHW`` for PyTorch,
+    ``NHWC`` for Keras)."""
+    from art_backdoor_ext.layout import CHANNEL_SIZES
+
+    shape = tuple(int(s) for s in image_shape)
+    first, last = shape[0] in CHANNEL_SIZES, shape[-1] in CHANNEL_SIZES
+    if framework == "pytorch" and last and not first:
+        raise ValueError(f"x_train holds channels-last images {shape}, but PyTorch models take channels-first (N, C, H, "
+                         "W) batches (ART's layout): transpose it with np.transpose(x, (0, 3, 1, 2)).")
+    if framework == "keras" and first and not last:
+        raise ValueError(f"x_train holds channels-first images {shape}, but Keras models take channels-last (N, H, W, "
+                         "C) batches (ART's layout): transpose it with np.transpose(x, (0, 2, 3, 1)).")
 
 
 def _check_shape(input_shape: Sequence[int], channels_first: bool) -> Tuple[int, int, int]:
@@ -184,22 +199,27 @@ def _make_classifier(framework, input_shape, nb_classes, width, x_train, y_train
                      seed, verbose):
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}.")
-    if nb_classes < 2:
-        raise ValueError(f"nb_classes must be >= 2, got {nb_classes}.")
+    nb_classes = check_int("nb_classes", nb_classes, low=2)
+    _check_width(width)
+    nb_epochs = check_int("nb_epochs", nb_epochs, low=0, hint="0 = build without training")
+    batch_size = check_int("batch_size", batch_size, low=1)
+    learning_rate = check_number("learning_rate", learning_rate, low=0, low_open=True)
+    check_bool("verbose", verbose)
     if (x_train is None) != (y_train is None):
         raise ValueError("Pass both x_train and y_train to train the classifier, or neither.")
     labels = None
     if x_train is not None:
-        x_train, labels = check_xy(x_train, y_train, nb_classes)
-        if x_train.ndim != 4:
-            raise ValueError(f"x_train must be a batch of images (N, C, H, W) or (N, H, W, C); got {x_train.shape}.")
+        x_train, labels = check_xy(x_train, y_train, nb_classes, "x_train", "y_train")
+        if x_train.ndim != 4 or len(x_train) == 0:
+            raise ValueError(f"x_train must be a non-empty batch of images (N, C, H, W) or (N, H, W, C); got "
+                             f"{x_train.shape}.")
+        _check_layout(x_train.shape[1:], framework)
+        check_range(x_train, 0.0, 1.0, name="x_train")
         if input_shape is not None and tuple(input_shape) != x_train.shape[1:]:
             raise ValueError(f"input_shape {tuple(input_shape)} does not match x_train images {x_train.shape[1:]}.")
         input_shape = x_train.shape[1:]
     if input_shape is None:
         input_shape = (1, 28, 28) if framework == "pytorch" else (28, 28, 1)
-    if nb_epochs < 0 or batch_size < 1 or learning_rate <= 0:
-        raise ValueError("nb_epochs must be >= 0, batch_size >= 1 and learning_rate > 0.")
 
     if framework == "pytorch":
         import torch
@@ -271,11 +291,19 @@ def train_robust(
     """
     from art_backdoor_ext.estimators import get_adapter
 
-    if eps <= 0 or eps_step <= 0 or max_iter < 1 or nb_epochs < 1 or not 0 < ratio <= 1:
-        raise ValueError("eps and eps_step must be > 0, max_iter and nb_epochs >= 1, ratio in (0, 1].")
+    check_number("eps", eps, low=0, low_open=True, hint="the AEGIS paper: 0.5")
+    check_number("eps_step", eps_step, low=0, low_open=True)
+    check_int("max_iter", max_iter, low=1)
+    check_int("nb_epochs", nb_epochs, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_number("ratio", ratio, low=0, high=1, low_open=True, hint="1.0 = Madry et al.")
+    check_bool("verbose", verbose)
+    check_seed("seed", seed, allow_none=False)
     adapter = get_adapter(classifier)
     x, labels = check_xy(x, y, adapter.nb_classes)
-    check_seed("seed", seed, allow_none=False)
+    if len(x) == 0:
+        raise ValueError("x is empty: train_robust needs training images.")
+    x = adapter.check_input(x, "x")
     # seeds numpy's and the framework's global generators (ART's data order, the data loader's shuffle) and restores
     # them afterwards
     with adapter.seeded(seed):

@@ -52,10 +52,11 @@ def check_images(x: np.ndarray, name: str = "x", min_ndim: int = 3) -> np.ndarra
     return x.astype(np.float32, copy=False)
 
 
-def check_range(x: np.ndarray, low: float = 0.0, high: float = 1.0, name: str = "x") -> None:
+def check_range(x: np.ndarray, low: float = 0.0, high: float = 1.0, name: str = "x",
+                bound: str = "the classifier's clip_values") -> None:
     """
     ``ValueError`` naming ``x`` when its values leave ``[low, high]``, with the fix when the data look like 8-bit
-    (0-255) or [-1, 1] images given to a model that expects [0, 1].
+    (0-255) or [-1, 1] images given to a model that expects [0, 1]. ``bound`` says where the range comes from.
     """
     if x.size == 0:
         return
@@ -68,8 +69,8 @@ def check_range(x: np.ndarray, low: float = 0.0, high: float = 1.0, name: str = 
         hint = " They look like 8-bit images (0-255): scale your images to [0, 1] first (x / 255)."
     elif low >= -tol and lo >= -1.0 - tol and lo < -tol and hi <= 1.0 + tol:
         hint = " They look like images in [-1, 1]: map them to [0, 1] first ((x + 1) / 2)."
-    raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but must lie in [{low:g}, {high:g}] (the classifier's "
-                     f"clip_values).{hint}")
+    raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but must lie in [{low:g}, {high:g}] ({bound})."
+                     f"{hint}")
 
 
 def check_xy(x: np.ndarray, y: np.ndarray, nb_classes: Optional[int] = None, x_name: str = "x",
@@ -89,11 +90,15 @@ def as_class_list(classes: Union[None, int, str, Iterable[int]], nb_classes: int
     """
     if classes is None or (isinstance(classes, str) and classes == "all"):
         out = [c for c in range(nb_classes) if c != exclude]
-    elif isinstance(classes, (int, np.integer)):
+    elif _is_int(classes):
         out = [int(classes)]
-    elif isinstance(classes, str):
+    elif isinstance(classes, str) or not isinstance(classes, Iterable):
         raise ValueError(f"{name} must be an int, a list of ints or 'all'; got {classes!r}.")
     else:
+        classes = list(classes)
+        bad = [c for c in classes if not _is_int(c)]
+        if bad:
+            raise ValueError(f"{name} must hold class indices (ints); got {bad!r} in {classes!r}.")
         out = [int(c) for c in classes]
     if not out:
         raise ValueError(f"{name} is empty.")

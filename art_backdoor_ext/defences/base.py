@@ -123,6 +123,8 @@ class PoisonFilteringDefenceBase(PoisonFilteringDefence, abc.ABC):
         key = (id(self.x_train), id(self.y_train), id(self.classifier))
         if self._data_cache is None or self._data_cache[0] != key:
             x, labels = check_xy(self.x_train, self.y_train, self._adapter.nb_classes, "x_train", "y_train")
+            if len(x) == 0:
+                raise ValueError(f"x_train is empty: {type(self).__name__} needs the training images to inspect.")
             x = self._adapter.check_input(x, "x_train")
             self._data_cache = (key, np.array(x, dtype=np.float32, copy=True), np.array(labels, copy=True))
         return self._data_cache[1], self._data_cache[2]

@@ -102,6 +102,11 @@ class FrameworkAdapter(abc.ABC):
                 elif tuple(x.shape[1:]) == (expected[2], expected[0], expected[1]):
                     msg += (" (channels-last, ART's layout for Keras models); your batch is channels-first: "
                             "transpose it with np.transpose(x, (0, 2, 3, 1))")
+            elif x.ndim == 3 and len(expected) == 3 and 1 in (expected[0], expected[2]):
+                if tuple(x.shape[1:]) == tuple(expected[1:]) and expected[0] == 1:
+                    msg += "; your batch has no channel axis: add it with x[:, np.newaxis]"
+                elif tuple(x.shape[1:]) == tuple(expected[:2]) and expected[2] == 1:
+                    msg += "; your batch has no channel axis: add it with x[..., np.newaxis]"
             raise ValueError(msg + ".")
         check_range(x, *self.clip_values, name=name)
         return x

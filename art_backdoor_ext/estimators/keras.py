@@ -137,11 +137,19 @@ class KerasAdapter(FrameworkAdapter):
         return tf.nn.log_softmax(out, axis=1)
 
     def clone(self, reset_weights: bool = False):
+        import random
+
         from art_backdoor_ext.estimators.keras_pruning import keras_module_of
 
         keras = keras_module_of(self.model)
-        model = keras.models.clone_model(self.model)
-        model.build(self.model.input_shape)
+        # Keras draws the clone's initial-weight seeds from Python's global generator: keep the caller's state
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            model = keras.models.clone_model(self.model)
+            model.build(self.model.input_shape)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         if not reset_weights:
             model.set_weights(self.model.get_weights())
         return self.wrap_model(model)

@@ -39,7 +39,7 @@ from art_backdoor_ext.evaluation.api import (
 )
 from art_backdoor_ext.layout import framework_channels_first
 from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates
-from art_backdoor_ext.utils import as_class_list, check_choice, check_int, check_seed
+from art_backdoor_ext.utils import as_class_list, check_bool, check_choice, check_int, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,26 @@ def check_scenario(scenario: Scenario) -> None:
     check_choice("Scenario.width", scenario.width, tuple(WIDTHS))
     check_seed("Scenario.seed", scenario.seed, allow_none=False)
     check_int("Scenario.batch_size", scenario.batch_size, low=1)
+    check_bool("Scenario.robust", scenario.robust)
+    if not isinstance(scenario.robust_kwargs, dict) or not isinstance(scenario.attack_kwargs, dict):
+        raise ValueError("Scenario.robust_kwargs and Scenario.attack_kwargs must be dicts of keyword arguments.")
+    if scenario.robust_kwargs and not scenario.robust:
+        raise ValueError(f"Scenario.robust_kwargs {sorted(scenario.robust_kwargs)} are given but robust=False, so they "
+                         "would be ignored; set robust=True or drop them.")
+    robust_keys = ("eps", "eps_step", "max_iter", "nb_epochs", "batch_size", "ratio")  # train_robust's, bar the data
+    unknown = sorted(set(scenario.robust_kwargs) - set(robust_keys))
+    if unknown:
+        raise ValueError(f"Unknown keyword(s) {unknown} in Scenario.robust_kwargs; accepted (train_robust's): "
+                         f"{', '.join(robust_keys)}.")
     if scenario.poisoned:
         check_int("Scenario.target", scenario.target, low=0)
+        if scenario.sources is not None and not (isinstance(scenario.sources, str) and scenario.sources == "all"):
+            sources = (list(scenario.sources) if isinstance(scenario.sources, Iterable)
+                       and not isinstance(scenario.sources, str) else [scenario.sources])
+            bad = [c for c in sources if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0]
+            if bad or not sources:
+                raise ValueError(f"Scenario.sources must be None, 'all', a class index or a list of class indices, got "
+                                 f"{scenario.sources!r}.")
     if scenario.poisoned:
         check_kwargs(get_attack(scenario.attack), scenario.attack_kwargs, f"attack {scenario.attack!r}")
         if scenario.fraction is not None and not 0 < float(scenario.fraction) < 1:
@@ -159,6 +177,24 @@ def _check_defences(defences: Iterable[str], defence_kwargs: Optional[Dict[str, 
     return defences
 
 
+def _check_retrain(retrain: Union[bool, Iterable[str]], defences: List[str]) -> set:
+    """The defences to retrain for: ``retrain`` must be a bool or names of filtering defences among ``defences``."""
+    if retrain is True:
+        return set(defences)
+    if retrain is False or retrain is None:
+        return set()
+    if isinstance(retrain, str) or not isinstance(retrain, Iterable):
+        raise ValueError(f"retrain must be True, False or a list of defence names, got {retrain!r}.")
+    names = list(retrain)
+    missing = sorted(set(names) - set(defences))
+    if missing:
+        raise ValueError(f"retrain names {missing}, which are not among the defences run ({', '.join(defences)}).")
+    repairs = sorted(n for n in names if get_defence(n).kind != "filter")
+    if repairs:
+        raise ValueError(f"retrain applies to filtering defences only; {repairs} return a repaired model already.")
+    return set(names)
+
+
 def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
                  defence_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
                  retrain: Union[bool, Iterable[str]] = False) -> List[DefenceResult]:
@@ -176,7 +212,7 @@ def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
     """
     defence_kwargs = defence_kwargs or {}
     defences = _check_defences(defences, defence_kwargs)
-    retrain_for = set(defences if retrain is True else [] if retrain is False else retrain)
+    retrain_for = _check_retrain(retrain, defences)
     rows = []
     for name in defences:
         spec = get_defence(name)
@@ -228,6 +264,7 @@ def run_scenario(scenario: Scenario, defences: Iterable[str] = ("ac", "ss"), ver
     """
     check_scenario(scenario)
     defences = _check_defences(defences, defence_kwargs)
+    _check_retrain(retrain, defences)
     ctx = prepare_scenario(scenario, verbose=verbose, data=data)
     rows = run_defences(ctx, defences, defence_kwargs, retrain=retrain)
     return ScenarioResult(scenario, ctx.clean_accuracy, ctx.asr, ctx.train_seconds, rows,

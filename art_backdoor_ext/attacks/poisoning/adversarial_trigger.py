@@ -25,7 +25,7 @@ from art.estimators.estimator import BaseEstimator, NeuralNetworkMixin
 
 from art_backdoor_ext.attacks.poisoning.perturbations import PatternTrigger
 from art_backdoor_ext.estimators import get_adapter
-from art_backdoor_ext.utils import batches, poison_labels, progress
+from art_backdoor_ext.utils import _is_int, batches, check_bool, check_int, check_number, poison_labels, progress
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +83,21 @@ class PoisoningAttackAdversarialTrigger(PoisoningAttackWhiteBox):
         self._adapter = get_adapter(classifier)
 
     def _check_params(self) -> None:
-        if not float(self.norm_bound) > 0:
-            raise ValueError(f"norm_bound must be > 0 (an L2 radius, e.g. 0.5), got {self.norm_bound}.")
+        check_number("norm_bound", self.norm_bound, low=0, low_open=True, hint="an L2 radius, e.g. 0.5")
         for name in ("max_passes", "max_iter", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if float(self.overshoot) < 0:
-            raise ValueError(f"overshoot must be >= 0, got {self.overshoot}.")
-        if not 0 < float(self.fooling_rate) <= 1:
-            raise ValueError(f"fooling_rate must be in (0, 1], got {self.fooling_rate}.")
-        if self.target is not None and not 0 <= int(self.target) < self.estimator.nb_classes:
-            raise ValueError(f"target must be a class index in [0, {self.estimator.nb_classes}), got {self.target}.")
+            check_int(name, getattr(self, name), low=1)
+        check_number("overshoot", self.overshoot, low=0)
+        check_number("fooling_rate", self.fooling_rate, low=0, high=1, low_open=True)
+        check_bool("quantise", self.quantise)
+        check_bool("verbose", self.verbose)
+        if self.target is not None:
+            self._check_target(self.target)
+
+    def _check_target(self, target) -> int:
+        nb_classes = self.estimator.nb_classes
+        if not _is_int(target) or not 0 <= target < nb_classes:
+            raise ValueError(f"target must be a class index in [0, {nb_classes}), got {target!r}.")
+        return int(target)
 
     # ----------------------------------------------------------------------------------------------- pattern search
     def _deepfool(self, x: np.ndarray, v: np.ndarray, target: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -134,15 +138,16 @@ class PoisoningAttackAdversarialTrigger(PoisoningAttackWhiteBox):
         :return: The pattern (also stored as :attr:`pattern`).
         """
         target = self.target if target is None else target
-        if target is None or not 0 <= int(target) < self.estimator.nb_classes:
-            raise ValueError(f"A target class in [0, {self.estimator.nb_classes}) is needed, got {target!r}.")
-        self.target = target = int(target)
-        x = np.asarray(x_source, dtype=np.float32)
-        if x.ndim != len(self.estimator.input_shape) + 1 or tuple(x.shape[1:]) != tuple(self.estimator.input_shape):
-            raise ValueError(f"x_source must be a batch of the classifier's inputs {tuple(self.estimator.input_shape)}, "
-                             f"got shape {x.shape}.")
-        if len(x) == 0:
+        if target is None:
+            raise ValueError(f"A target class in [0, {self.estimator.nb_classes}) is needed: pass target.")
+        target = self._check_target(target)
+        x = np.asarray(x_source)
+        if np.issubdtype(x.dtype, np.number) and x.ndim == len(self.estimator.input_shape) + 1 and len(x) == 0:
             raise ValueError("x_source must hold at least one image.")
+        # finite, the classifier's layout (with the transpose to apply) and range: an all-NaN or 0-255 batch would
+        # give a meaningless pattern
+        x = self._adapter.check_input(x, "x_source")
+        self.target = target
         start = time.perf_counter()
         rng = np.random.default_rng(0)
         v = np.zeros(x.shape[1:], np.float32)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 
-from art_backdoor_ext.utils import as_class_list, check_int, check_number, check_range, check_seed, check_xy
+from art_backdoor_ext.utils import as_class_list, check_bool, check_int, check_number, check_range, check_seed, check_xy
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def poison_dataset(
     :return: :class:`PoisonedDataset` (also unpacks as ``x, y, is_poison``).
     """
     x, labels = check_xy(x, y)
-    check_range(x, 0.0, 1.0, name="x")
+    check_bool("remove_originals", remove_originals)
+    check_range(x, 0.0, 1.0, name="x", bound="ART's image range, which the triggers keep")
     if len(labels) == 0:
         raise ValueError("x is empty: poison_dataset needs training images.")
     if nb_classes is None:
@@ -134,7 +135,7 @@ def poison_dataset(
         raise ValueError(f"The trigger changed the image shape from {x[chosen].shape[1:]} to {x_poison.shape[1:]}.")
     if not np.all(np.isfinite(x_poison)):
         raise ValueError("The trigger returned NaN or infinite values; check perturbation_or_attack.")
-    check_range(x_poison, 0.0, 1.0, name="the triggered images")
+    check_range(x_poison, 0.0, 1.0, name="the triggered images", bound="ART's image range")
     keep = np.ones(len(x), dtype=bool)
     if remove_originals:
         keep[chosen] = False

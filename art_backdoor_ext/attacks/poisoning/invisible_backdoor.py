@@ -23,7 +23,7 @@ from art_backdoor_ext.attacks.poisoning.perturbations import (
     make_pattern,
 )
 from art_backdoor_ext.layout import infer_layout
-from art_backdoor_ext.utils import poison_labels
+from art_backdoor_ext.utils import check_bool, check_int, check_seed, poison_labels
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ class PoisoningAttackInvisibleBackdoor(PoisoningAttackBlackBox):
                 raise ValueError(f"A pattern array must be one image (2 or 3 axes), got shape {p.shape}.")
             if not np.all(np.isfinite(p)) or np.abs(p).max(initial=0.0) > 1.0:
                 raise ValueError("A pattern array must be finite with values in [-1, 1].")
-        if not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
-        if self.channels_first not in (None, True, False):
-            raise ValueError(f"channels_first must be None, True or False, got {self.channels_first!r}.")
+        check_seed("seed", self.seed, allow_none=False)
+        check_int("size", self.size, low=1, hint="pixels")
+        if self.channels_first is not None:
+            check_bool("channels_first", self.channels_first)
 
     def trigger(self, image_shape: Optional[Tuple[int, ...]] = None) -> PatternTrigger:
         """This attack's trigger as ART's perturbation ``f(x) -> x`` (with a ``.pattern`` attribute)."""

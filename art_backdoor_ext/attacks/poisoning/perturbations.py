@@ -33,17 +33,29 @@ from typing import Callable, Optional
 import numpy as np
 
 from art_backdoor_ext.layout import image_dims, infer_layout, to_nhwc  # noqa: F401  (re-exported)
+from art_backdoor_ext.utils import check_bool, check_int, check_number, check_range, check_seed
 
 logger = logging.getLogger(__name__)
 
 Perturbation = Callable[[np.ndarray], np.ndarray]
 
 
-def _check_square(size: int, value: float, name: str) -> None:
-    if int(size) < 1:
-        raise ValueError(f"{name}: size must be >= 1 pixel, got {size}.")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}: value must be in [0, 1], got {value}.")
+def _check_square(size: int, value: float, name: str, margin: int = 0) -> None:
+    check_int(f"{name}: size", size, low=1, hint="pixels")
+    check_number(f"{name}: value", value, low=0, high=1)
+    check_int(f"{name}: margin", margin, low=0, hint="pixels")
+
+
+def _check_x(x: np.ndarray, name: str = "x") -> None:
+    """Images a trigger is added to: numeric, finite and in [0, 1] (a ``ValueError`` naming ``name`` and the fix)."""
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers (images in [0, 1]), got dtype {arr.dtype}.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: give at least one image.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    check_range(arr, 0.0, 1.0, name=name, bound="ART's image range, which triggers keep")
 
 
 def add_localised_trigger(x: np.ndarray, size: int = 3, value: float = 1.0, margin: int = 1,
@@ -52,7 +64,8 @@ def add_localised_trigger(x: np.ndarray, size: int = 3, value: float = 1.0, marg
     Visible localised trigger: one ``size`` x ``size`` square of ``value`` at the bottom-right corner, ``margin`` pixels
     from the border (a 3x3 square is ~1% of a 28x28 image).
     """
-    _check_square(size, value, "add_localised_trigger")
+    _check_square(size, value, "add_localised_trigger", margin)
+    _check_x(x)
     out, restore = to_nhwc(x, channels_first)
     h, w = out.shape[1:3]
     if size + margin > min(h, w):
@@ -64,7 +77,8 @@ def add_localised_trigger(x: np.ndarray, size: int = 3, value: float = 1.0, marg
 def add_distributed_trigger(x: np.ndarray, size: int = 2, value: float = 1.0, margin: int = 1,
                             channels_first: Optional[bool] = None) -> np.ndarray:
     """Visible distributed trigger: two ``size`` x ``size`` squares at the top-left and bottom-right corners."""
-    _check_square(size, value, "add_distributed_trigger")
+    _check_square(size, value, "add_distributed_trigger", margin)
+    _check_x(x)
     out, restore = to_nhwc(x, channels_first)
     h, w = out.shape[1:3]
     if 2 * (size + margin) > min(h, w):
@@ -76,7 +90,7 @@ def add_distributed_trigger(x: np.ndarray, size: int = 2, value: float = 1.0, ma
 
 def localised_trigger(size: int = 3, value: float = 1.0, margin: int = 1) -> Perturbation:
     """A configured :func:`add_localised_trigger` as ``f(x) -> x``."""
-    _check_square(size, value, "localised_trigger")
+    _check_square(size, value, "localised_trigger", margin)
 
     def perturbation(x: np.ndarray) -> np.ndarray:
         return add_localised_trigger(x, size=size, value=value, margin=margin)
@@ -87,7 +101,7 @@ def localised_trigger(size: int = 3, value: float = 1.0, margin: int = 1) -> Per
 
 def distributed_trigger(size: int = 2, value: float = 1.0, margin: int = 1) -> Perturbation:
     """A configured :func:`add_distributed_trigger` as ``f(x) -> x``."""
-    _check_square(size, value, "distributed_trigger")
+    _check_square(size, value, "distributed_trigger", margin)
 
     def perturbation(x: np.ndarray) -> np.ndarray:
         return add_distributed_trigger(x, size=size, value=value, margin=margin)
@@ -151,6 +165,12 @@ def make_pattern(kind: str, image_shape, seed: int = 0, channels_first: Optional
     """
     kind = canonical_pattern_kind(kind)
     h, w, c, cf = image_dims(image_shape, channels_first)
+    check_seed("seed", seed, allow_none=False)
+    check_int("size", size, low=1, hint="pixels")
+    if patch is not None:
+        check_int("patch", patch, low=1, hint="pixels")
+    if magnitude is not None:
+        check_number("magnitude", magnitude, low=0, high=1, low_open=True, hint="e.g. 2/255 for pattern A")
     if int(size) < 2 and kind in ("cross", "L"):
         raise ValueError(f"A {kind} needs size >= 2, got {size}.")
     if int(size) < 1 or int(size) > min(h, w):
@@ -228,9 +248,9 @@ def add_pattern(x: np.ndarray, pattern: np.ndarray, channels_first: Optional[boo
     :param quantise: Round to the 8-bit grid (the RE paper's setting); False keeps continuous values.
     :return: The poisoned images, in the layout and float dtype of ``x``.
     """
+    _check_x(x)
+    check_bool("quantise", quantise)
     out, restore = to_nhwc(x, channels_first)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("x contains NaN or infinite values.")
     batched, axis = infer_layout(np.asarray(x), channels_first)
     x_cf = None if axis is None else axis == (1 if batched else 0)
     p = _pattern_as_hwc(pattern, out.shape[1], out.shape[2], out.shape[3], x_cf)
@@ -256,6 +276,10 @@ class PatternTrigger:
         pattern = np.array(pattern, dtype=np.float32, copy=True)
         if pattern.ndim not in (2, 3) or not np.all(np.isfinite(pattern)):
             raise ValueError(f"pattern must be one finite image (2 or 3 axes), got shape {pattern.shape}.")
+        if np.abs(pattern).max(initial=0.0) > 1.0:
+            raise ValueError(f"pattern must be an additive pattern for images in [0, 1], with values in [-1, 1]; got "
+                             f"values up to {np.abs(pattern).max():.4g} (a 0-255 pattern? divide it by 255).")
+        check_bool("quantise", quantise)
         pattern.setflags(write=False)
         self.pattern = pattern
         self.kind = kind
@@ -302,8 +326,10 @@ def isolated_pixels_pattern(image_shape, nb_pixels: int = 4, value: float = 0.35
     darkening pixels are clipped away, so this is the variant of E that a 2x2 blur (cluster impurity) is meant to
     destroy.
     """
-    if not 0 < float(value) <= 1:
-        raise ValueError(f"value must be in (0, 1], got {value!r}.")
+    check_number("value", value, low=0, high=1, low_open=True)
+    check_int("nb_pixels", nb_pixels, low=1)
+    check_seed("seed", seed, allow_none=False)
+    check_bool("border_band", border_band)
     if len(tuple(image_shape)) not in (2, 3):
         raise ValueError(f"image_shape must be (H, W), (C, H, W) or (H, W, C), got {image_shape!r}.")
     h, w, c, cf = image_dims(image_shape, channels_first)

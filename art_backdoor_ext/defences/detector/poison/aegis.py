@@ -24,6 +24,13 @@ from art_backdoor_ext.utils import check_bool, check_choice, check_int, check_la
 
 logger = logging.getLogger(__name__)
 
+MIN_CLASS_IMAGES = 2
+"""Fewest training images of a class that AEGIS tests; a class with fewer is skipped with the reason recorded."""
+
+
+def _describe(skipped: Dict[int, str]) -> str:
+    return "; ".join(skipped.values())
+
 
 class AEGISDefence(PoisonFilteringDefenceBase):
     """
@@ -296,6 +303,22 @@ class AEGISDefence(PoisonFilteringDefenceBase):
                     random_state=self.seed)
         return tsne.fit_transform(feats).astype(np.float32)
 
+    @staticmethod
+    def _degenerate(cls: int, nb_train: int, feats: np.ndarray) -> Optional[str]:
+        """
+        Why class ``cls`` cannot be tested (``None`` when it can): fewer than :data:`MIN_CLASS_IMAGES` training
+        images (no training cluster to count, split or mask), or feature vectors that are all identical (t-SNE has
+        nothing to embed; scikit-learn's Barnes-Hut t-SNE crashes the interpreter on them).
+        """
+        if nb_train < MIN_CLASS_IMAGES:
+            return (f"class {cls} has {nb_train} training image(s); AEGIS needs at least {MIN_CLASS_IMAGES} to count "
+                    "the class's training clusters")
+        spread = float(np.max(np.ptp(feats, axis=0))) if feats.size else 0.0
+        if not spread > 1e-6 * (1.0 + float(np.max(np.abs(feats)))):
+            return (f"the features of class {cls}'s {len(feats)} training and translated images are all identical; "
+                    "t-SNE cannot embed them")
+        return None
+
     def _cluster(self, emb: np.ndarray) -> Tuple[np.ndarray, float]:
         from sklearn.cluster import MeanShift, estimate_bandwidth
 
@@ -381,8 +404,12 @@ class AEGISDefence(PoisonFilteringDefenceBase):
                  ``translation_success`` (fraction of translated images predicted as the class),
                  ``train_in_translated_clusters`` (training images in clusters made mostly of translated images: a
                  diagnostic of ours, not the paper's rule)), ``layer``, ``translation_success`` (overall),
-                 ``robustness_flip_rate`` and ``seconds``. ``is_clean`` (1 = clean) is our extension, see the class
-                 docstring.
+                 ``robustness_flip_rate`` and ``seconds``. ``skipped_classes`` maps each class that could not be
+                 tested (fewer than :data:`MIN_CLASS_IMAGES` training images, or identical features) to the reason;
+                 such a class has ``nb_clusters`` ``None`` and is never suspected, and a ``UserWarning`` names it.
+                 When classes were skipped and no tested class is suspected, ``detected`` is ``None`` and
+                 ``inconclusive`` holds the reason (otherwise ``inconclusive`` is ``None``). ``is_clean`` (1 = clean)
+                 is our extension, see the class docstring.
         """
         return super().detect_poison(**kwargs)
 
@@ -404,6 +431,7 @@ class AEGISDefence(PoisonFilteringDefenceBase):
         rng = np.random.default_rng(self.seed + 2)
         is_clean = np.ones(len(self._x), int)
         per_class: Dict[int, Dict[str, Any]] = {}
+        skipped: Dict[int, str] = {}
         self.embeddings_, self.cluster_labels_, self.is_translated_ = {}, {}, {}
         self.translated_, self.train_indices_ = {}, {}
         t0 = time.perf_counter()
@@ -414,6 +442,13 @@ class AEGISDefence(PoisonFilteringDefenceBase):
             sel = targets == c
             feats = np.concatenate([feats_train[idx], feats_trans[sel]])
             translated = np.r_[np.zeros(len(idx), bool), np.ones(int(sel.sum()), bool)]
+            reason = self._degenerate(c, len(idx), feats)
+            if reason:  # skipped, not guessed: its cluster count would say nothing (and t-SNE crashes on it)
+                skipped[c] = reason
+                per_class[c] = {"nb_clusters": None, "skipped": reason, "nb_train": int(len(idx)),
+                                "nb_translated": int(sel.sum()),
+                                "translation_success": float(np.mean(trans_pred[sel] == c)) if sel.any() else None}
+                continue
             emb = self._embed(feats)
             labels, bw = self._cluster(emb)
             ids, counts = np.unique(labels, return_counts=True)
@@ -462,10 +497,23 @@ class AEGISDefence(PoisonFilteringDefenceBase):
         seconds_cluster = time.perf_counter() - t0
 
         nb_clusters = {c: per_class[c]["nb_clusters"] for c in range(k)}
-        suspected = sorted([c for c in range(k) if nb_clusters[c] > self.cluster_threshold],
+        suspected = sorted([c for c in range(k) if c not in skipped and nb_clusters[c] > self.cluster_threshold],
                            key=lambda c: (-nb_clusters[c], c))
+        inconclusive = None
+        if skipped and not suspected:
+            # a model-level "no backdoor" would cover classes that were never tested: say so instead
+            inconclusive = (f"{len(skipped)} of {k} classes could not be tested ({_describe(skipped)}); no tested "
+                            "class is suspected, but the untested ones may hold the backdoor. Give at least "
+                            f"{MIN_CLASS_IMAGES} varied training images of every class.")
+            logger.warning("AEGIS inconclusive: %s", inconclusive)
+            warnings.warn(f"AEGIS is inconclusive: {inconclusive}", UserWarning, stacklevel=3)
+        elif skipped:
+            warnings.warn(f"AEGIS skipped {len(skipped)} of {k} classes ({_describe(skipped)}); the suspected classes "
+                          "come from the others.", UserWarning, stacklevel=3)
         report: Dict[str, Any] = {
-            "detected": bool(suspected),
+            "detected": None if inconclusive else bool(suspected),
+            "inconclusive": inconclusive,
+            "skipped_classes": skipped,
             "suspected_classes": suspected,
             "target_class": suspected[0] if suspected else None,
             "nb_clusters": nb_clusters,
@@ -484,6 +532,9 @@ class AEGISDefence(PoisonFilteringDefenceBase):
     # ----------------------------------------------------------------------------------------------------- plots
     def cluster_data(self, cls: int) -> Dict[str, Any]:
         """The 2-D embedding, cluster labels, training/translated mask and translated images of one class."""
+        skipped = (self.report_ or {}).get("skipped_classes", {})
+        if cls in skipped:
+            raise ValueError(f"Class {cls!r} was not tested by AEGIS: {skipped[cls]}.")
         if cls not in self.embeddings_:
             raise ValueError(f"No AEGIS results for class {cls!r}; run detect_poison() first "
                              f"(classes available: {sorted(self.embeddings_)}).")

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 REDUCTIONS = (None, "pca")
 
+MIN_CLASS_IMAGES = 2
+"""Fewest training images of a class that CI tests; a class with fewer is skipped with the reason recorded."""
+
 
 def blur_images(x: np.ndarray, size: int = 2, channels_first: Optional[bool] = None) -> np.ndarray:
     """
@@ -108,7 +111,10 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
        suspected. ``target_class`` is the suspected class with the most impure component.
 
     Components with fewer than ``min_component_size`` images are never flagged (1 = the paper: every component
-    counts). A class with fewer than two images gets one component and is only tested, never clustered.
+    counts). A class with fewer than :data:`MIN_CLASS_IMAGES` (two) images is skipped: it gets one component whose
+    impurity is reported but never flagged, the reason is recorded in ``per_class[c]["skipped"]`` and
+    ``skipped_classes``, and a ``UserWarning`` names it; when no class could be tested, ``detected`` is ``None`` and
+    ``inconclusive`` says why.
 
     After :meth:`detect_poison`, ``report_``, ``components_`` (per class: the component of each of its images),
     ``class_indices_`` and ``changed_`` (blur changed the prediction, per training image) are kept for
@@ -231,7 +237,8 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
                  ``component_sizes``, ``impurities``, ``unchanged_fractions``, ``flagged_components``, ``bic``),
                  ``flip_rate`` (fraction of all images whose prediction the blur changes), ``prediction_changed``
                  (per training image: the blur changed its prediction), ``threshold``, ``layer``,
-                 ``reduce``, ``seconds_features``, ``seconds_clustering``, ``seconds_blur`` and ``seconds``.
+                 ``reduce``, ``skipped_classes`` (class with images -> why it was not tested), ``inconclusive`` (the reason,
+                 or ``None``), ``seconds_features``, ``seconds_clustering``, ``seconds_blur`` and ``seconds``.
         """
         return super().detect_poison(**kwargs)
 
@@ -253,6 +260,7 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
 
         is_clean = np.ones(len(self._x), int)
         per_class: Dict[int, Dict[str, Any]] = {}
+        skipped: Dict[int, str] = {}
         self.components_, self.class_indices_ = {}, {}
         t0 = time.perf_counter()
         for c in progress(range(k), self.verbose, desc="CI classes", total=k):
@@ -260,7 +268,8 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
             self.class_indices_[c] = idx
             if len(idx) == 0:
                 per_class[c] = {"nb_images": 0, "nb_components": 0, "dims": 0, "component_sizes": [],
-                                "impurities": [], "unchanged_fractions": [], "flagged_components": [], "bic": []}
+                                "impurities": [], "unchanged_fractions": [], "flagged_components": [], "bic": [],
+                                "skipped": f"class {c} has no training images"}
                 self.components_[c] = np.zeros(0, int)
                 continue
             comp, bics, dims = self._cluster_class(features[idx])
@@ -270,6 +279,12 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
             floor = 1.0 / (sizes + 1.0)
             impurity = 0.0 - np.log(np.maximum(unchanged, floor))
             flagged = np.flatnonzero((impurity > self.threshold) & (sizes >= self.min_component_size))
+            reason = None
+            if len(idx) < MIN_CLASS_IMAGES:  # one image: no mixture to fit, and its "impurity" is one coin toss
+                reason = (f"class {c} has {len(idx)} training image(s); CI needs at least {MIN_CLASS_IMAGES} to fit "
+                          "a mixture and measure a component's impurity")
+                skipped[c] = reason
+                flagged = flagged[:0]
             is_clean[idx[np.isin(comp, flagged)]] = 0
             self.components_[c] = comp
             per_class[c] = {
@@ -281,14 +296,29 @@ class ClusterImpurityDefence(PoisonFilteringDefenceBase):
                 "unchanged_fractions": [float(v) for v in unchanged],
                 "flagged_components": flagged.astype(int).tolist(),
                 "bic": bics,
+                "skipped": reason,
             }
         seconds_clustering = time.perf_counter() - t0
 
         max_impurity = {c: max(per_class[c]["impurities"], default=0.0) for c in range(k)}
         suspected = sorted([c for c in range(k) if per_class[c]["flagged_components"]],
                            key=lambda c: (-max_impurity[c], c))
+        tested = [c for c in range(k) if per_class[c]["nb_images"] and c not in skipped]
+        inconclusive = None
+        if skipped:
+            why = "; ".join(skipped.values())
+            if not tested:
+                inconclusive = (f"no class could be tested ({why}); give at least {MIN_CLASS_IMAGES} training images "
+                                "per class")
+                warnings.warn(f"CI is inconclusive: {inconclusive}.", UserWarning, stacklevel=3)
+            else:
+                warnings.warn(f"CI skipped {len(skipped)} class(es) ({why}); their images are kept as clean.",
+                              UserWarning, stacklevel=3)
+            logger.warning("CI skipped classes: %s", why)
         report: Dict[str, Any] = {
-            "detected": bool(suspected),
+            "detected": None if inconclusive else bool(suspected),
+            "inconclusive": inconclusive,
+            "skipped_classes": skipped,
             "suspected_classes": suspected,
             "target_class": suspected[0] if suspected else None,
             "nb_components": {c: per_class[c]["nb_components"] for c in range(k)},

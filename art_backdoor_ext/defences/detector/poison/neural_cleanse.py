@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -244,7 +245,10 @@ class NeuralCleanseDefence(PoisonFilteringDefenceBase):
         :return: ``(report, is_clean)``. The report has ``detected``, ``target_class``, ``suspected_classes``,
                  ``l1_norms``, ``anomaly_index`` (per class, signed: negative = smaller than the median),
                  ``attack_success``, ``converged``, ``masks``, ``patterns``, ``trigger_neurons``,
-                 ``filter_threshold``, ``nb_flagged`` and ``seconds``.
+                 ``filter_threshold``, ``nb_flagged``, ``inconclusive`` and ``seconds``. ``inconclusive`` is
+                 ``None``, or why Neural Cleanse could not decide: the anomalous class's mask never reached
+                 ``attack_success_threshold`` (its small norm is no evidence), or there is no image of another class
+                 to stamp; ``detected`` is then ``None``, nothing is flagged and a ``UserWarning`` says so.
         """
         return super().detect_poison(**kwargs)
 
@@ -260,7 +264,15 @@ class NeuralCleanseDefence(PoisonFilteringDefenceBase):
         suspected = [int(c) for c in np.argsort(index) if index[c] < -self.anomaly_threshold]
         is_clean = np.ones(len(x), int)
         neurons, threshold = [], None
-        if suspected:
+        inconclusive = None
+        if suspected and not rev["converged"][suspected[0]]:
+            # the smallest mask never made a working trigger: its small norm is not evidence of a backdoor
+            inconclusive = (f"class {suspected[0]} has the anomalous mask, but no mask reached attack success "
+                            f"{self.attack_success_threshold} for it within nb_epochs={self.nb_epochs}")
+        elif suspected and not np.any(labels != suspected[0]):
+            inconclusive = (f"class {suspected[0]} is suspected, but the training set has no image of another class "
+                            "to stamp, so the trigger's neurons cannot be found to filter")
+        if suspected and not inconclusive:
             target = suspected[0]
             layer = self._adapter.resolve_layer(self.layer)
             others = labels != target
@@ -281,7 +293,8 @@ class NeuralCleanseDefence(PoisonFilteringDefenceBase):
             threshold = float((np.median(score[members]) + np.median(stamped_score)) / 2)
             is_clean[members & (score > threshold)] = 0
         report = {
-            "detected": bool(suspected),
+            "detected": None if inconclusive else bool(suspected),
+            "inconclusive": inconclusive,
             "target_class": suspected[0] if suspected else None,
             "suspected_classes": suspected,
             "l1_norms": {int(c): float(v) for c, v in enumerate(norms)},
@@ -297,6 +310,10 @@ class NeuralCleanseDefence(PoisonFilteringDefenceBase):
             "seconds_reverse": rev["seconds"],
             "seconds": time.perf_counter() - start,
         }
+        if inconclusive:
+            msg = f"Neural Cleanse is inconclusive: {inconclusive}; nothing is flagged. Raise nb_epochs and run again."
+            logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
         not_conv = [c for c, v in report["converged"].items() if not v]
         if not_conv:
             logger.warning("Neural Cleanse: no mask reached attack success %.2f for classes %s within %d epochs; "

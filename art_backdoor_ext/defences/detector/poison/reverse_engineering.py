@@ -41,6 +41,10 @@ from art_backdoor_ext.utils import check_bool, check_choice, check_int, check_nu
 logger = logging.getLogger(__name__)
 
 _NORMS = {"l2": 2, "linf": np.inf, "l1": 1}
+
+MAX_UNCONVERGED_SHARE = 0.5
+"""When more than this share of the class pairs hit ``max_iter`` and nothing is detected, RE reports inconclusive:
+their norms are lower bounds, their reciprocal statistics upper bounds that widen the Gamma null."""
 # parameters that change the estimated patterns; a second detect_poison() that changes none of them reuses the patterns
 _ESTIMATION_PARAMS = ("classifier", "pi", "lam", "step_size", "step_growth", "optimizer", "max_iter", "batch_size",
                       "max_images_per_pass", "seed")
@@ -214,8 +218,12 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
                  ``patterns`` (all K x K estimates), ``converged``, ``not_converged`` (pairs that hit ``max_iter``),
                  ``iterations``, ``null_params`` (Gamma shape/scale per putative target), ``cleansing_scale`` (alpha),
                  ``cleansing_reliable`` / ``cleansing_notes`` / ``relative_margin`` (the sanity check),
-                 ``nb_flagged`` and
+                 ``nb_flagged``, ``inconclusive`` and
                  ``seconds`` / ``seconds_estimation`` / ``seconds_inference`` / ``seconds_cleansing``.
+                 ``inconclusive`` is ``None``, or the reason why RE could not decide (``detected`` is then ``None``,
+                 nothing is flagged and a ``UserWarning`` says what to do): the detecting pair did not converge, or no
+                 target was detected while more than :data:`MAX_UNCONVERGED_SHARE` of the pairs did not converge
+                 (their statistics are bounds that widen the null), or every statistic is the same.
         """
         # reuse the last estimation only when this call changes nothing but inference parameters (a plain second call
         # estimates again: the classifier may have been retrained in place)
@@ -295,13 +303,23 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
         target, source = inference["target_class"], None
         cleansing: Dict[str, Any] = {"cleansing_scale": None, "cleansing_reliable": None, "cleansing_notes": "",
                                      "relative_margin": float("nan")}
-        inconclusive = False
+        inconclusive = None
+        not_conv = [(int(s), int(t)) for s, t in zip(*np.nonzero(valid & ~info["converged"]))]
         if inference["detected"]:
             source = int(np.nanargmax(recip[:, target]))
             pattern = patterns[source, target].copy()
             # the detecting pair never reached pi: its norm is only a lower bound of what moving the source takes, so
             # the anomaly that detected it may not exist. Say so rather than act on it (nothing is flagged).
-            inconclusive = not bool(info["converged"][source, target])
+            if not bool(info["converged"][source, target]):
+                inconclusive = (f"the detecting pair {source}->{target} did not reach pi={self.pi} within "
+                                f"max_iter={self.max_iter}")
+        elif inference["degenerate"]:
+            inconclusive = ("every pair's statistic is the same (no Gamma null can be fitted): "
+                            f"{len(not_conv)} of {int(valid.sum())} pairs hit max_iter={self.max_iter}")
+        elif len(not_conv) > MAX_UNCONVERGED_SHARE * valid.sum():
+            # unconverged pairs' statistics are upper bounds: they widen the null and can hide a real outlier
+            inconclusive = (f"{len(not_conv)} of {int(valid.sum())} pairs did not reach pi={self.pi} within "
+                            f"max_iter={self.max_iter}, so the null distribution is made of bounds, not measurements")
         if inference["detected"] and not inconclusive:
             flagged, scale = self._cleanse(adapter, x, labels, target, pattern, norms, present)
             is_clean[flagged] = 0
@@ -309,7 +327,6 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             cleansing["cleansing_scale"] = scale
         seconds = time.perf_counter() - start
 
-        not_conv = [(int(s), int(t)) for s, t in zip(*np.nonzero(valid & ~info["converged"]))]
         report: Dict[str, Any] = {
             "detected": bool(inference["detected"]),
             "p_value": inference["p_value"],
@@ -342,14 +359,20 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             "seconds_cleansing": seconds - (t_inf - start),
             "notes": (f"{len(not_conv)} of {int(valid.sum())} pairs hit max_iter={self.max_iter}" if not_conv else ""),
         }
+        report["inconclusive"] = inconclusive
         if inconclusive:
             report["detected"] = None
-            report["notes"] = (f"inconclusive: the detecting pair {source}->{target} did not reach pi={self.pi} within "
-                               f"max_iter={self.max_iter}; " + report["notes"])
-            warnings.warn(f"RE is inconclusive: the test points at class {target}, but the pattern of its detecting "
-                          f"pair ({source}->{target}) did not move pi={self.pi} of class {source} within "
-                          f"max_iter={self.max_iter}, so its small norm is a lower bound, not a measurement. Nothing "
-                          "is flagged; raise max_iter (or step_size) and run again.", UserWarning, stacklevel=3)
+            report["notes"] = f"inconclusive: {inconclusive}; " + report["notes"]
+            if inference["detected"]:
+                msg = (f"RE is inconclusive: the test points at class {target}, but the pattern of its detecting pair "
+                       f"({source}->{target}) did not move pi={self.pi} of class {source} within "
+                       f"max_iter={self.max_iter}, so its small norm is a lower bound, not a measurement. Nothing is "
+                       "flagged; raise max_iter (or step_size) and run again.")
+            else:
+                msg = (f"RE is inconclusive: {inconclusive}; it cannot say that there is no backdoor either. Raise "
+                       "max_iter (or step_size) and run again.")
+            logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
         if not_conv:
             logger.warning("RE: %d of %d class pairs did not reach pi=%.2f within max_iter=%d; their reciprocal "
                            "statistics are upper bounds.", len(not_conv), int(valid.sum()), self.pi, self.max_iter)
@@ -514,6 +537,10 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
         k_present = len(present)
         class_pv: Dict[int, float] = {}
         null_params: Dict[int, Tuple[float, float]] = {}
+        nan = float("nan")
+        degenerate = {"detected": False, "p_value": nan, "target_class": None, "suspected_classes": [],
+                      "class_p_values": {int(c): nan for c in present}, "null_params": {}, "norm_ratios": {},
+                      "dismissed_classes": [], "degenerate": True}
         for c in present:
             others = np.array([recip[s, t] for s in present for t in present if s != t and t != c])
             others = others[np.isfinite(others)]
@@ -521,8 +548,13 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
             r_max = float(np.nanmax(col))
             # Gamma with location fixed at 0: reciprocal norms are positive, and a free location makes the
             # 3-parameter MLE degenerate (the location runs up to the sample minimum)
+            if len(others) < 2 or not np.ptp(others) > 1e-6 * float(np.max(others)):
+                return degenerate  # (nearly) identical statistics, e.g. every pair stopped after the same steps
             with np.errstate(all="ignore"):
-                shape, _, scale = stats.gamma.fit(others, floc=0)
+                try:
+                    shape, _, scale = stats.gamma.fit(others, floc=0)
+                except (ValueError, RuntimeError, FloatingPointError):  # the MLE has no root: no null to test with
+                    return degenerate
             sf = float(stats.gamma.sf(r_max, shape, loc=0, scale=scale))
             # Eq. (10): 1 - G(r_max)^(K-1), computed from the survival function without cancellation
             pv = float(-np.expm1((k_present - 1) * np.log1p(-sf))) if sf < 1 else 1.0
@@ -547,7 +579,7 @@ class ReverseEngineeringDefence(PoisonFilteringDefenceBase):
         target = int(suspected[0]) if detected else None
         return {"detected": detected, "p_value": p_value, "target_class": target, "suspected_classes": suspected,
                 "class_p_values": class_pv, "null_params": null_params, "norm_ratios": ratios,
-                "dismissed_classes": dismissed}
+                "dismissed_classes": dismissed, "degenerate": False}
 
     @staticmethod
     def _norm_ratios(norms: np.ndarray, present: np.ndarray) -> Dict[int, float]:

@@ -191,10 +191,11 @@ class FinePruning(Transformer):
         Rank the channels of the chosen layer by their mean (post-ReLU) activation on clean data ``x``, least active
         first (stored in :attr:`activations_` and :attr:`order_`). ``y`` is not used.
         """
+        adapter = get_adapter(self.classifier)
         x = check_images(x)
         if len(x) == 0:
             raise ValueError("fit needs clean images to rank the channels; got an empty x.")
-        adapter = get_adapter(self.classifier)
+        x = adapter.check_input(x, "x")
         layer = adapter.resolve_conv_layer(self.layer)
         self.activations_ = adapter.channel_activations(x, layer)
         self.order_ = np.argsort(self.activations_, kind="stable")
@@ -225,7 +226,7 @@ class FinePruning(Transformer):
         x, labels = check_xy(x, y, adapter.nb_classes)
         if len(x) == 0:
             raise ValueError("FinePruning needs clean held-out images; got an empty x.")
-        bd_x, bd_y = self._check_backdoor(x_backdoor, y_backdoor, adapter.nb_classes)
+        bd_x, bd_y = self._check_backdoor(x_backdoor, y_backdoor, adapter)
         method = self._resolve_method(adapter)
         layer = adapter.resolve_conv_layer(self.layer)
         nb = adapter.nb_channels(layer)
@@ -436,14 +437,19 @@ class FinePruning(Transformer):
         return list(range(size, nb, size))
 
     @staticmethod
-    def _check_backdoor(x_backdoor, y_backdoor, nb_classes: int):
+    def _check_backdoor(x_backdoor, y_backdoor, adapter):
         if x_backdoor is None:
+            if y_backdoor is not None:
+                raise ValueError("y_backdoor was given without x_backdoor; pass the triggered images as x_backdoor.")
             return None, None
-        bd_x = check_images(x_backdoor, name="x_backdoor")
+        nb_classes = adapter.nb_classes
+        bd_x = adapter.check_input(check_images(x_backdoor, name="x_backdoor"), "x_backdoor")
         if y_backdoor is None:
             raise ValueError("Pass y_backdoor (the attacker's target label, an int or one per image) with x_backdoor.")
         if np.ndim(y_backdoor) == 0:
-            bd_y = np.full(len(bd_x), int(y_backdoor), np.int64)
+            target = check_int("y_backdoor", y_backdoor, low=0, high=nb_classes - 1,
+                               hint="the attacker's target class")
+            bd_y = np.full(len(bd_x), target, np.int64)
         else:
             _, bd_y = check_xy(bd_x, y_backdoor, nb_classes)
         if bd_y.size and (bd_y.min() < 0 or bd_y.max() >= nb_classes):
