@@ -16,6 +16,7 @@ Harness rows for ART's own poison-filtering defences, run on the feature layer o
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -350,7 +351,9 @@ def provenance(ctx: ScenarioContext, nb_sources: int = 5, nb_trusted: int = 100,
     into ``nb_sources`` sources from the scenario's seed, every poisoned image in one of them. The trusted clean data
     are the first ``nb_trusted`` test images (the row does not change the model, so the test accuracy is unaffected).
 
-    Two deviations from ART's code, both in the notes: ART's ``filter_input`` compares pixel values rather than images
+    Two deviations from ART's code, both in the notes (and ART is given a deep copy of the classifier without ART's
+    cache of layer outputs: ART's own ``deepcopy`` of a ``PyTorchClassifier`` fails once ART's ``get_activations`` has
+    run on it): ART's ``filter_input`` compares pixel values rather than images
     and would leave no data at all (see ``RowwiseProvenanceDefense``), and ART's ``perf_func="accuracy"`` cannot score
     a classifier's probability outputs, so accuracy is passed as a function of the predicted class. The report holds
     every source's accuracy shift (``accuracy_gain_by_source``), not only the flagged ones.
@@ -370,7 +373,12 @@ def provenance(ctx: ScenarioContext, nb_sources: int = 5, nb_trusted: int = 100,
         accuracies.append(acc)
         return acc
 
-    defence = _provenance_defence_class()(ctx.classifier, ctx.x_train, np.eye(ctx.nb_classes)[ctx.y_train],
+    # ART deep-copies the classifier it is given (optimiser state included); after ART's get_activations (AC, SS) a
+    # PyTorchClassifier holds the hooked layer outputs (``_features``, non-leaf tensors) that deepcopy refuses, so ART
+    # gets a deep copy made here with that cache left empty (ctx.classifier itself is not changed)
+    features = getattr(ctx.classifier, "_features", None)
+    classifier = copy.deepcopy(ctx.classifier, memo={} if features is None else {id(features): {}})
+    defence = _provenance_defence_class()(classifier, ctx.x_train, np.eye(ctx.nb_classes)[ctx.y_train],
                                           np.eye(nb_sources)[sources], x_val=ctx.x_test[:nb_trusted],
                                           y_val=np.asarray(ctx.y_test[:nb_trusted]), eps=eps, perf_func=accuracy)
     with get_adapter(ctx.classifier).seeded(ctx.scenario.seed):
