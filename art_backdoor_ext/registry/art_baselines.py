@@ -155,23 +155,25 @@ def ac_exclusionary_reclassification(ctx: ScenarioContext, ex_re_threshold: floa
                                      layer: Optional[str] = None) -> Tuple[Dict[str, Any], np.ndarray]:
     """
     ART's Activation Clustering with exclusionary reclassification (Chen et al., Section 4.2; ART's
-    ``ActivationDefence(..., ex_re_threshold=...)``): after the cluster analysis (ART's default ``"smaller"``), ART trains
-    a fresh copy of the model (``clone_for_refitting``, then ``fit`` with ART's defaults) on the images not flagged and
-    classifies every flagged cluster with it. A cluster stays poisonous only when the fresh model predicts its most
-    frequent other class more often than the cluster's label by a factor over ``ex_re_threshold``
-    (``count(label) / count(other) <= ex_re_threshold``); otherwise it is cleared. The report names, per class still
-    suspected, the source class the fresh model predicts (``suspected_sources``).
+    ``ActivationDefence(..., ex_re_threshold=...)``): after the cluster analysis (ART's default ``"smaller"``), ART
+    trains a fresh copy of the model (``clone_for_refitting``, then ``fit`` with ART's defaults) on the images not
+    flagged and classifies every flagged cluster with it. A flagged cluster stays poisonous only when
+    ``count(its label) / count(the most frequent other class) <= ex_re_threshold`` among the fresh model's predictions
+    (with 1.0: another class is predicted at least as often as the label); otherwise it is cleared. The report names,
+    per class still suspected, the class the fresh model predicts instead (``suspected_sources``).
 
-    This trains a model per call (ART's ``fit`` defaults: 10 epochs for PyTorch, 20 for Keras), from the framework's
-    global generator seeded from the scenario.
+    This trains a model per call (ART's ``fit`` defaults: 10 epochs for PyTorch, 20 for Keras, batch 128), from the
+    framework's global generator seeded from the scenario.
 
-    :param ex_re_threshold: ART's threshold (no ART default; 1.0, a cluster is kept when most of it is predicted as its
-                            label rather than any one other class, is the setting of ART's examples).
-    :param cluster_analysis: The analysis whose clusters are reclassified (``"relative-size"`` fails under numpy >=
-                             2.2, as in ART itself).
+    :param ex_re_threshold: ART's threshold (ART has no default; 1.0 is the value of published usage examples).
+    :param cluster_analysis: The analysis whose clusters are reclassified: ``"smaller"`` or ``"distance"``
+                             (``"relative-size"`` fails under numpy >= 2.2, and ART's ``"silhouette-scores"`` hands
+                             exclusionary reclassification no flagged cluster and an undefined ``is_clean``; see
+                             :func:`ac_silhouette`).
     """
     _check_ac_kwargs(nb_dims, ex_re_threshold=ex_re_threshold)
-    check_choice("cluster_analysis", cluster_analysis, AC_ANALYSES)
+    check_choice("cluster_analysis", cluster_analysis, ("smaller", "distance"),
+                 hint="the analyses ART's exclusionary reclassification works with here")
     if not hasattr(ctx.classifier, "clone_for_refitting"):
         raise ValueError(f"ac-exre needs a classifier with clone_for_refitting (ART's exclusionary reclassification); "
                          f"{type(ctx.classifier).__name__} has none.")
@@ -319,10 +321,10 @@ def _provenance_defence_class():
 
     class RowwiseProvenanceDefense(ProvenanceDefense):
         """
-        ART's ``ProvenanceDefense`` with one repair: ART's ``filter_input`` keeps an image when *any of its pixel values*
-        does not occur anywhere in the source's images (``np.isin`` on values), which on images removes every image
-        (all their values occur in any large source). Here an image is removed when it equals an image of the source,
-        what ART means by "the data not part of the segment".
+        ART's ``ProvenanceDefense`` with one repair: ART's ``filter_input`` keeps an image when *any of its pixel
+        values* does not occur anywhere in the source's images (``np.isin`` on values), which on images removes every
+        image (all their values occur in any large source). Here an image is removed when it equals an image of the
+        source, what ART means by "the data not part of the segment".
         """
 
         @staticmethod

@@ -111,6 +111,7 @@ def test_art_relative_size_still_fails():
     ("ac", {"size_threshold": 1.5}, "size_threshold"),
     ("ac-exre", {"ex_re_threshold": -1.0}, "ex_re_threshold"),
     ("ac-exre", {"cluster_analysis": "biggest"}, "cluster_analysis"),
+    ("ac-exre", {"cluster_analysis": "silhouette-scores"}, "cluster_analysis"),
     ("ss-art", {"expected_pp_poison": 1.5}, "expected_pp_poison"),
     ("ss-oracle", {"eps_multiplier": 0}, "eps_multiplier"),
     ("ss-oracle", {"expected_pp_poison": 0.1}, "expected_pp_poison"),  # the oracle row takes no fraction
