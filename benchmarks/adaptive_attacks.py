@@ -49,9 +49,9 @@ PAPER = [
 ]
 
 
-def scenario(trigger: str, kind: str, framework: str, epochs: int, robust: bool) -> Scenario:
+def scenario(trigger: str, kind: str, framework: str, epochs: int, robust: bool, seed: int = 0) -> Scenario:
     common = dict(dataset="mnist-5k", target=TARGET, fraction=0.05, framework=framework, nb_epochs=epochs,
-                  robust=robust)
+                  robust=robust, seed=seed)
     if kind == "naive":
         return Scenario(attack=trigger, **common)
     return Scenario(attack=ATTACKS[kind], attack_kwargs={"trigger": trigger}, **common)
@@ -87,9 +87,11 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     parser.add_argument("--defences", nargs="+", default=DEFENCES)
     parser.add_argument("--robust", action="store_true", help="also robust naive/adversarial models with AEGIS and AC")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (keys of seeds > 0 end in /sN)")
+    parser.add_argument("--out", default=None, help="result file prefix (default adaptive_attacks_<framework>)")
     parser.add_argument("--render", action="store_true", help="only re-write the Markdown and plots from the JSON")
     args = parser.parse_args()
-    prefix = os.path.join(RESULTS, f"adaptive_attacks_{args.framework}")
+    prefix = os.path.join(RESULTS, args.out or f"adaptive_attacks_{args.framework}")
     if args.render:
         with open(prefix + ".json", encoding="utf-8") as fh:
             saved = json.load(fh)
@@ -103,16 +105,16 @@ def main() -> None:
     if os.path.exists(prefix + ".json"):  # resume: keep finished scenarios
         with open(prefix + ".json", encoding="utf-8") as fh:
             saved["results"] = json.load(fh).get("results", {})
-    jobs = [(t, k, False) for t in args.triggers for k in args.kinds]
+    jobs = [(t, k, False, s) for s in args.seeds for t in args.triggers for k in args.kinds]
     if args.robust:
-        jobs += [(t, k, True) for t in args.triggers[:1] for k in ("naive", "adversarial")]
-    for trigger, kind, robust in jobs:
-        key = f"{trigger}/{kind}{'/robust' if robust else ''}"
+        jobs += [(t, k, True, s) for s in args.seeds for t in args.triggers[:1] for k in ("naive", "adversarial")]
+    for trigger, kind, robust, seed in jobs:
+        key = f"{trigger}/{kind}{'/robust' if robust else ''}{f'/s{seed}' if seed else ''}"
         if key in saved["results"]:
             continue
         defences = ["aegis", "ac"] if robust else args.defences
-        out, (feats, is_poison) = run_one(scenario(trigger, kind, args.framework, args.epochs, robust), defences,
-                                          robust)
+        out, (feats, is_poison) = run_one(scenario(trigger, kind, args.framework, args.epochs, robust, seed),
+                                          defences, robust)
         saved["results"][key] = out
         np.savez_compressed(os.path.join("/tmp", f"latents_{args.framework}_{key.replace('/', '_')}.npz"),
                             feats=feats, is_poison=is_poison)
@@ -180,7 +182,7 @@ def plot_pruning(saved, path: str) -> None:
     curves = {}
     for key, r in saved["results"].items():
         for row in r["rows"]:
-            if row["defence"] == "prune-only" and row.get("pruning_curve"):
+            if row["defence"] == "prune-only" and row.get("pruning_curve") and "/s" not in key:
                 curves[key] = row["pruning_curve"]
     triggers = sorted({k.split("/")[0] for k in curves})
     if not triggers:
