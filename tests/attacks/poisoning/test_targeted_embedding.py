@@ -72,10 +72,16 @@ def test_the_channels_pruning_removes_are_silenced(run):
 
 
 def test_backdoor_survives_the_pruning(run):
-    # removing N_b costs the targeted model no accuracy and no ASR (the paper's Figure 4); the naive model loses more
+    # removing N_b costs the targeted model (almost) no accuracy and no ASR
     asr_pruned, acc_pruned = run["targeted"]["pruned"]
     assert asr_pruned >= 0.9 and acc_pruned >= run["targeted"]["acc"] - 0.01, run["targeted"]
-    assert asr_pruned >= run["naive"]["pruned"][0], (run["naive"], run["targeted"])
+
+
+def test_pruning_removes_the_naive_backdoor_but_not_the_targeted_one(pytorch_run):
+    # the paper's Figure 4 at the attacker's 8% budget, where it shows on this PyTorch model (naive ASR 0.99 -> 0.44
+    # when N_b is pruned, targeted 0.99 -> 0.99; on the Keras model the naive backdoor already survives the pruning)
+    assert pytorch_run["naive"]["pruned"][0] < 0.8, pytorch_run["naive"]
+    assert pytorch_run["targeted"]["pruned"][0] >= 0.9, pytorch_run["targeted"]
 
 
 def test_inputs_and_classifier_untouched(run):
