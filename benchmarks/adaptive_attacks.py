@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     parser.add_argument("--defences", nargs="+", default=DEFENCES)
     parser.add_argument("--robust", action="store_true", help="also robust naive/adversarial models with AEGIS and AC")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (keys of seeds > 0 end in /sN)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="training seeds (keys of seeds > 0 end in /sN)")
     parser.add_argument("--out", default=None, help="result file prefix (default adaptive_attacks_<framework>)")
     parser.add_argument("--render", action="store_true", help="only re-write the Markdown and plots from the JSON")
     args = parser.parse_args()

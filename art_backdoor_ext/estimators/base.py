@@ -419,9 +419,9 @@ class FrameworkAdapter(abc.ABC):
         Tan & Shokri's targeted embedding step (https://arxiv.org/abs/1905.13409, Section 3.1, Eq. 4), training the
         wrapped model **in place** (callers clone first): minimise ``CE + lam * MSE(z, z_target)`` where ``z`` is the
         ReLU'd output of the convolution layer ``layer`` and ``z_target`` is ``z`` (held constant) with the channels
-        ``channels`` (``N_b``, the neurons a pruning defence removes) multiplied by ``scale`` (``k``). The penalty pushes
-        those channels towards zero on every training image, poisoned ones included, so the backdoor has to live in
-        the channels pruning keeps. ``MSE`` averages over every element of the layer's output, as in the paper.
+        ``channels`` (``N_b``, the neurons a pruning defence removes) multiplied by ``scale`` (``k``). The penalty
+        pushes those channels towards zero on every training image, poisoned ones included, so the backdoor has to
+        live in the channels pruning keeps. ``MSE`` averages over every element of the layer's output, as in the paper.
 
         The classifier gets a fresh Adam optimiser (``learning_rate``); batches are drawn from a local generator
         seeded with ``seed``. An epoch is ``ceil(len(x) / batch_size)`` steps.

@@ -184,8 +184,8 @@ def _adversarial_embedding(ctx: AttackContext, size: int = 3, value: float = 1.0
     params = dict(regularization=regularization, nb_epochs=nb_epochs, learning_rate=learning_rate,
                   learning_rate_d=learning_rate_d, d_steps=d_steps, batch_size=batch_size, layer=layer,
                   reference=reference, objective=objective)
-    return _EmbeddingTrainer(AdversarialBackdoorEmbedding, _embedding_trigger(ctx, trigger, trigger_kwargs, size, value),
-                             ctx, params)
+    trig = _embedding_trigger(ctx, trigger, trigger_kwargs, size, value)
+    return _EmbeddingTrainer(AdversarialBackdoorEmbedding, trig, ctx, params)
 
 
 @register_attack("targeted-embedding", trains_model=True)

@@ -157,6 +157,6 @@ class TargetedBackdoorEmbedding(_EmbeddingAttack):
             nb_epochs=int(self.nb_epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
             seed=int(self.seed))
         self.seconds_["embedding"] = time.perf_counter() - start
-        logger.info("Targeted embedding: %.1fs pretraining, %.1fs pruning, %.1fs retraining.", self.seconds_["pretrain"],
-                    self.seconds_["pruning"], self.seconds_["embedding"])
+        logger.info("Targeted embedding: %.1fs pretraining, %.1fs pruning, %.1fs retraining.",
+                    self.seconds_["pretrain"], self.seconds_["pruning"], self.seconds_["embedding"])
         return clone

@@ -78,8 +78,8 @@ def test_backdoor_survives_the_pruning(run):
 
 
 def test_pruning_removes_the_naive_backdoor_but_not_the_targeted_one(pytorch_run):
-    # the paper's Figure 4 at the attacker's 8% budget, where it shows on this PyTorch model (naive ASR 0.99 -> 0.44-0.69
-    # when N_b is pruned, targeted 0.99 -> 0.99; on the Keras model the naive backdoor already survives the pruning)
+    # the paper's Figure 4 at the attacker's 8% budget, where it shows on this PyTorch model (naive ASR 0.99 ->
+    # 0.44-0.69 when N_b is pruned, targeted 0.99 -> 0.99; on the Keras model the naive backdoor already survives the pruning)
     assert pytorch_run["naive"]["pruned"][0] < 0.8, pytorch_run["naive"]
     assert pytorch_run["targeted"]["pruned"][0] >= 0.9, pytorch_run["targeted"]
 
