@@ -72,6 +72,22 @@ def _config(scenario: Scenario) -> str:
     return {str(v): k for k, v in CONFIG_SOURCES.items()}.get(str(sources), str(sources))
 
 
+RE_EXTRA = ("cleansing", "cleansing_scale", "cleansing_reliable", "cleansing_notes", "relative_margin",
+            "dismissed_classes", "norm_ratios", "seconds_estimation")
+
+
+def _add_cleansing_notes(row) -> None:
+    """Keep the RE report's cleansing details in the row's ``extra`` (and the scale / verdict in its notes)."""
+    rep = row.report
+    row.extra.update({k: rep.get(k) for k in RE_EXTRA if k in rep})
+    if rep.get("cleansing_scale") is not None:
+        row.notes += f", alpha {rep['cleansing_scale']:.2g}"
+    if rep.get("cleansing_reliable") is False:
+        row.notes += ", cleansing unreliable"
+    if rep.get("dismissed_classes"):
+        row.notes += f", dismissed {rep['dismissed_classes']}"
+
+
 def table(entries) -> str:
     header = ["pattern", "config", "acc", "ASR", "defence", "detected", "target", "target ok", "TPR", "FPR (target)",
               "acc after", "ASR after", "seconds", "notes"]
@@ -128,6 +144,43 @@ def summary(entries, min_asr: float = 0.5) -> str:
     return "\n".join(lines)
 
 
+def comparison(old_path: str, new_path: str, defences=("re", "re-paper")) -> str:
+    """
+    Old vs new results of the same scenarios (two results files of this script), per scenario and RE row: detection
+    and target, TPR, FPR (target) and ASR after retraining; scenarios missing from either file are left out.
+    """
+    def _index(path):
+        return {(_label(r.scenario), _config(r.scenario)): r for r in load_results(path)}
+
+    old, new = _index(old_path), _index(new_path)
+    order = {p: i for i, p in enumerate(["A", "B", "C", "D", "E", "F", "A6", "clean"])}
+    corder = {c: i for i, c in enumerate(["1SC", "3SC", "9SC", "-"])}
+    keys = sorted(set(old) & set(new), key=lambda k: (order.get(k[0], 99), corder.get(k[1], 99)))
+    header = ["pattern", "config", "ASR (old / new model)", "defence", "target old", "target new", "TPR old",
+              "TPR new", "FPR old", "FPR new", "ASR after old", "ASR after new", "new notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def _target(row):
+        if row is None:
+            return "-"
+        return "no" if not row.detected else str(row.target_class)
+
+    for key in keys:
+        ro, rn = old[key], new[key]
+        for name in defences:
+            a = next((r for r in ro.rows if r.defence == name), None)
+            b = next((r for r in rn.rows if r.defence == name), None)
+            if a is None and b is None:
+                continue
+            cells = [key[0], key[1], f"{format_value(ro.asr)} / {format_value(rn.asr)}", name, _target(a),
+                     _target(b)]
+            for field in ("tpr", "fpr_target", "asr"):
+                cells += [None if a is None else getattr(a, field), None if b is None else getattr(b, field)]
+            cells.append(b.notes if b is not None else "")
+            lines.append("| " + " | ".join(format_value(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="two scenarios only (A6 3SC, clean)")
@@ -145,9 +198,17 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the scenarios already in <out>.json and run only the missing ones (tables in the "
+                             "usual pattern / config order)")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only re-render the Markdown tables of a results file written by this script")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), default=None,
+                        help="only print the old-vs-new table of the RE rows of two results files of this script")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(comparison(*args.compare))
+        return
     if args.render:
         entries = [(_label(res.scenario), _config(res.scenario), res) for res in load_results(args.render)]
         with open(args.render[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
@@ -171,6 +232,18 @@ def main(argv=None) -> None:
     out = args.out or f"benchmarks/results/reverse_engineering{'_quick' if args.quick else ''}_{args.width}"
     start = time.perf_counter()
     entries, results = [], []
+    if args.resume and os.path.exists(out + ".json"):
+        results = load_results(out + ".json")
+        entries = [(_label(res.scenario), _config(res.scenario), res) for res in results]
+        done = {(p, c) for p, c, _ in entries}
+        print(f"resuming: {len(done)} scenarios already in {out}.json", file=sys.stderr, flush=True)
+        runs = [run for run in runs if run not in done]
+    order = {p: i for i, p in enumerate(["A", "B", "C", "D", "E", "F", "A6", "clean"])}
+    corder = {c: i for i, c in enumerate(["1SC", "3SC", "9SC", "-"])}
+
+    def _key(entry):
+        return order.get(entry[0], len(order)), corder.get(entry[1], len(corder))
+
     for pattern, config in runs:
         if pattern == "clean":
             sc = Scenario(dataset="mnist-5k", attack=None, width=args.width, nb_epochs=args.epochs, seed=args.seed)
@@ -180,12 +253,18 @@ def main(argv=None) -> None:
                           nb_epochs=args.epochs, seed=args.seed)
         res = run_scenario(sc, defences=defences, retrain=True if args.retrain is None else args.retrain,
                            keep_context=True)
+        for row in res.rows:
+            if row.defence in ("re", "re-paper") and row.report:
+                _add_cleansing_notes(row)
         re_rows = [row for row in res.rows if row.defence == "re"]
         if re_rows and (pattern, config) in PLOTTED:
             save_plots(res.context, re_rows[0].report, f"{out}_{pattern}_{config}".replace("_-", ""))
         res.context = None
         entries.append((pattern, config, res))
         results.append(res)
+        if args.resume:
+            entries.sort(key=_key)
+            results = [e[2] for e in entries]
         print(f"[{time.perf_counter() - start:.0f}s] {pattern} {config}: acc {res.clean_accuracy:.3f} ASR "
               f"{res.asr:.3f}", file=sys.stderr, flush=True)
         # keep partial results on disk (long runs)
