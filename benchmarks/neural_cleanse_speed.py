@@ -163,7 +163,8 @@ def run_art(ctx, epochs: int, steps: int, batch_size: int, norm: int = 1, restor
     target = int(min(flagged_classes, key=lambda c: norms[c])) if flagged_classes else None
     # ART's own is_clean-free report: flagged labels; the target is the flagged label with the smallest mask
     return {
-        "implementation": f"ART NeuralCleanse (norm={norm}, {'lr restored' if restore_lr else 'as installed'})", "framework": "keras", "seconds": seconds,
+        "implementation": f"ART NeuralCleanse (norm={norm}, {'lr restored' if restore_lr else 'as installed'})",
+        "framework": "keras", "seconds": seconds,
         "seconds_reverse": float(sum(per_class.values())), "detected": bool(flagged_classes),
         "target_class": target, "flagged_classes": flagged_classes, "anomaly_index": index.tolist(),
         "l1_norms": norms.tolist(), "seconds_per_class": [per_class[c] for c in range(ctx.nb_classes)],
@@ -217,8 +218,8 @@ def to_markdown(out: dict) -> str:
               "Where they agree and why they differ:", "",
               "* ART as installed (ART 1.20.1, Keras 3) optimises nothing: its `reset()` zeroes the Adam optimiser's "
               "variables, `learning_rate` among them (`learning_rate_after_reset` in the JSON), so every mask stays at "
-              "its random start, all ten L1 norms are equal, the MAD is 0 and no label is flagged. The time is the same "
-              "work (the gradients are computed and applied with a zero rate).",
+              "its random start, all ten L1 norms are equal, the MAD is 0 and no label is flagged. The time is the "
+              "same work (the gradients are computed and applied with a zero rate).",
               "* With the learning rate assigned back, ART and ours agree on the decision: class 7 is the only "
               "flagged label, with masks of about the same size (the 3x3 trigger needs ~20 pixels of mask in both).",
               "* The anomaly indices of 7 differ because the *clean* labels' norms differ (the MAD): ART keeps one "
@@ -257,8 +258,8 @@ def main(argv=None) -> int:
     loads = [load_average()]
     for framework in ("keras", "pytorch"):
         ctx = prepare_scenario(scenario(framework), store=store)
-        models[framework] = {"clean_accuracy": ctx.clean_accuracy, "asr": ctx.asr, "nb_poison": int(ctx.is_poison.sum()),
-                             "train_seconds": ctx.train_seconds}
+        models[framework] = {"clean_accuracy": ctx.clean_accuracy, "asr": ctx.asr,
+                             "nb_poison": int(ctx.is_poison.sum()), "train_seconds": ctx.train_seconds}
         logger.info("%s model: accuracy %.3f, ASR %.3f", framework, ctx.clean_accuracy, ctx.asr)
         r = run_ours(ctx, args.epochs, args.steps_per_epoch, args.batch_size)
         logger.info("ours %s: %.1fs, target %s, index7 %.2f", framework, r["seconds"], r["target_class"],

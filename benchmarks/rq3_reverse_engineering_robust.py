@@ -1,7 +1,7 @@
 """
 RQ3 of the AEGIS paper (issue 19): does reverse engineering weaken on adversarially robust models?
 
-The same backdoor on a standard and on an L2-robust compact CNN (mnist-5k, seed 0): the harness's
+The same backdoor on a standard and on an L2-robust compact CNN (mnist-5k, seed 0 unless ``--seed``): the harness's
 ``Scenario(..., robust=True)`` trains with L2 PGD adversarial training (ART's ``AdversarialTrainer``, eps 0.5, step
 0.15, 7 steps, :func:`art_backdoor_ext.models.train_robust`) for the same number of epochs as the standard model (10).
 Attacks: BadNets 3x3 square, 5% of the training set to class 7 (``badnets``), and the RE paper's MNIST chessboard patch
@@ -10,7 +10,8 @@ Attacks: BadNets 3x3 square, 5% of the training set to class 7 (``badnets``), an
 Defences on every model: our Neural Cleanse (``nc``, its defaults: 40 epochs x 5 steps of 32 images), the RE defence
 with its default rule (``re``) and the paper's rule (``re-paper``, on the same estimated patterns); on Keras models also
 ART's ``NeuralCleanse`` (``norm=1``, ``steps=40`` over 160 images, i.e. the same 200 Adam steps per class as ours; with
-the learning rate that ART's ``reset()`` zeroes under Keras 3 assigned back, see ``benchmarks/neural_cleanse_speed.py``).
+the learning rate that ART's ``reset()`` zeroes under Keras 3 assigned back, see
+``benchmarks/neural_cleanse_speed.py``).
 
 Each model's robustness is measured as its accuracy under L2 PGD (eps 0.5, step 0.1, 20 steps) on 200 test images.
 Recovered-trigger size: Neural Cleanse's mask L1 norm of class 7 against the median over classes; RE's smallest pattern
@@ -19,7 +20,7 @@ L2 norm of a pair into class 7 against the median over all pairs.
 Standard models come from the grid cache (``--cache``, default ``/work/gridrun/cache``) when it holds them; robust
 models are cached in ``--robust-cache`` (default ``.grid-cache/`` of the repository, git-ignored).
 
-Usage: python benchmarks/rq3_reverse_engineering_robust.py [--attacks badnets chessboard-patch]
+Usage: python benchmarks/rq3_reverse_engineering_robust.py [--attacks badnets chessboard-patch] [--seed 0]
        [--frameworks pytorch keras] [--no-art]
 """
 from __future__ import annotations
@@ -65,8 +66,8 @@ class SplitStore:
         return self._pick(ctx.scenario).model(ctx, compute)
 
 
-def scenario(attack: str, framework: str, robust: bool) -> Scenario:
-    return Scenario(dataset="mnist-5k", target=7, framework=framework, nb_epochs=10, robust=robust, seed=0,
+def scenario(attack: str, framework: str, robust: bool, seed: int = 0) -> Scenario:
+    return Scenario(dataset="mnist-5k", target=7, framework=framework, nb_epochs=10, robust=robust, seed=seed,
                     **ATTACKS[attack])
 
 
@@ -97,7 +98,6 @@ def nc_row(ctx, name: str, report: dict, seconds: float) -> dict:
 
 def run_defences(ctx, use_art: bool) -> list:
     from art_backdoor_ext.evaluation.api import get_defence
-    import art_backdoor_ext.registry  # noqa: F401  (registers the rows)
 
     rows = []
     t0 = time.perf_counter()
@@ -142,6 +142,9 @@ def run_defences(ctx, use_art: bool) -> list:
         logger.info("ART: %s", {k: rows[-1][k] for k in ("detected", "target_class", "anomaly_index_7", "seconds")})
     return rows
 
+# written after reading the measured table (``--from-json`` puts them into the JSON and the markdown)
+FINDINGS: list = []
+
 
 def fmt(v, d=2):
     if v is None:
@@ -174,6 +177,8 @@ def to_markdown(out: dict) -> str:
     lines += ["", "Neural Cleanse norms are mask L1 norms (pixels); RE norms are L2 norms of the estimated patterns "
                   "(smallest pair into class 7; median over all pairs). ratio = trigger norm into 7 / median norm "
                   "(small = the backdoor's target stands out).", ""]
+    if out.get("findings"):
+        lines += ["Findings (as measured):", ""] + [f"* {f}" for f in out["findings"]] + [""]
     inconc = [(m["attack"], m["framework"], m["model"], r["defence"], r["inconclusive"])
               for m in out["models"] for r in m["defences"] if r.get("inconclusive")]
     if inconc:
@@ -188,15 +193,28 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="/work/gridrun/cache")
     p.add_argument("--robust-cache", default=os.path.join(os.path.dirname(HERE), ".grid-cache"))
     p.add_argument("--no-art", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="scenario seed (data order, weights, poison choice)")
     p.add_argument("--out", default=os.path.join(RESULTS, "rq3_reverse_engineering_robust"))
+    p.add_argument("--from-json", action="store_true",
+                   help="only rewrite the markdown from the JSON of --out (with FINDINGS added)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.from_json:
+        with open(args.out + ".json") as f:
+            out = json.load(f)
+        out["findings"] = FINDINGS
+        with open(args.out + ".json", "w") as f:
+            json.dump(out, f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(to_markdown(out))
+        return 0
     from art_backdoor_ext.grid import GridCache
 
     store = SplitStore(GridCache(args.cache) if args.cache else None, GridCache(args.robust_cache))
-    out = {"setup": ("mnist-5k, target 7, compact CNN, seed 0, 10 training epochs; robust = L2 PGD adversarial "
-                     "training (eps 0.5, step 0.15, 7 steps, every batch adversarial) for 10 epochs. badnets: 3x3 "
-                     "square, 5% of the training set; chessboard-patch: the RE paper's MNIST chessboard patch, 3SC "
+    out = {"setup": (f"mnist-5k, target 7, compact CNN, seed {args.seed}, 10 training epochs; robust = L2 PGD "
+                     "adversarial training (eps 0.5, step 0.15, 7 steps, every batch adversarial) for 10 epochs. "
+                     "badnets: 3x3 square, 5% of the training set; chessboard-patch: the RE paper's MNIST chessboard "
+                     "patch, 3SC "
                      "(sources 1, 2, 3, 50 images each). PGD-L2 acc: accuracy under L2 PGD eps 0.5 (20 steps) on 200 "
                      "test images. nc / ART: 200 Adam steps of 32 images per class; re / re-paper: defaults, one "
                      "pattern estimation shared by both rules."),
@@ -205,7 +223,7 @@ def main(argv=None) -> int:
     for attack in args.attacks:
         for framework in args.frameworks:
             for robust in (False, True):
-                sc = scenario(attack, framework, robust)
+                sc = scenario(attack, framework, robust, args.seed)
                 t0 = time.perf_counter()
                 ctx = prepare_scenario(sc, store=store)
                 load_seconds = time.perf_counter() - t0
