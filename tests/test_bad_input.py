@@ -652,3 +652,23 @@ def test_accuracy_and_asr_equal_a_hand_count(s, n, target, offset):
     hand = float(np.mean(get_adapter(s.clf).predict_labels(trigger(x[sources])) == target))
     asr = attack_success_rate(s.clf, x, y, trigger, target=target)
     assert 0.0 <= asr <= 1.0 and asr == pytest.approx(hand)
+
+
+def test_aegis_and_neural_cleanse_are_deterministic_on_keras(s):
+    """Every detection defence gives the same answer twice on a Keras model (CI and RE: above; FinePruning: its own
+    module); AEGIS's PGD/t-SNE/mean-shift and Neural Cleanse's mask optimisation are seeded too."""
+    from art_backdoor_ext.models import make_classifier
+
+    clf = make_classifier("keras", x_train=s.nhwc, y_train=s.y, nb_epochs=3, batch_size=32, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aegis = [_defence("AEGISDefence")(clf, s.nhwc[:120], s.y[:120], **CHEAP["AEGISDefence"]).detect_poison()
+                 for _ in range(2)]
+        nc = [_defence("NeuralCleanseDefence")(clf, s.nhwc, s.y, **CHEAP["NeuralCleanseDefence"]).detect_poison()
+              for _ in range(2)]
+    (rep_a, clean_a), (rep_b, clean_b) = aegis
+    assert clean_a == clean_b and rep_a["detected"] == rep_b["detected"]
+    assert {c: r["nb_clusters"] for c, r in rep_a["per_class"].items()} == \
+        {c: r["nb_clusters"] for c, r in rep_b["per_class"].items()}
+    (nc_a, nc_clean_a), (nc_b, nc_clean_b) = nc
+    assert list(nc_clean_a) == list(nc_clean_b) and nc_a["l1_norms"] == nc_b["l1_norms"]
