@@ -654,17 +654,21 @@ def test_accuracy_and_asr_equal_a_hand_count(s, n, target, offset):
     assert 0.0 <= asr <= 1.0 and asr == pytest.approx(hand)
 
 
-def test_aegis_and_neural_cleanse_are_deterministic_on_keras(s):
-    """Every detection defence gives the same answer twice on a Keras model (CI and RE: above; FinePruning: its own
-    module); AEGIS's PGD/t-SNE/mean-shift and Neural Cleanse's mask optimisation are seeded too."""
+@pytest.mark.parametrize("framework", ["pytorch", "keras"])
+def test_aegis_and_neural_cleanse_are_deterministic(s, framework):
+    """Every detection defence gives the same answer twice on PyTorch and Keras models (CI and RE: above and in their
+    modules; FinePruning: its own module); AEGIS's PGD/t-SNE/mean-shift and Neural Cleanse's mask optimisation are
+    seeded too."""
     from art_backdoor_ext.models import make_classifier
 
-    clf = make_classifier("keras", x_train=s.nhwc, y_train=s.y, nb_epochs=3, batch_size=32, seed=0)
+    x = s.x if framework == "pytorch" else s.nhwc
+    clf = s.clf if framework == "pytorch" else make_classifier("keras", x_train=x, y_train=s.y, nb_epochs=3,
+                                                               batch_size=32, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        aegis = [_defence("AEGISDefence")(clf, s.nhwc[:120], s.y[:120], **CHEAP["AEGISDefence"]).detect_poison()
+        aegis = [_defence("AEGISDefence")(clf, x[:120], s.y[:120], **CHEAP["AEGISDefence"]).detect_poison()
                  for _ in range(2)]
-        nc = [_defence("NeuralCleanseDefence")(clf, s.nhwc, s.y, **CHEAP["NeuralCleanseDefence"]).detect_poison()
+        nc = [_defence("NeuralCleanseDefence")(clf, x, s.y, **CHEAP["NeuralCleanseDefence"]).detect_poison()
               for _ in range(2)]
     (rep_a, clean_a), (rep_b, clean_b) = aegis
     assert clean_a == clean_b and rep_a["detected"] == rep_b["detected"]
