@@ -283,6 +283,7 @@ class PyTorchAdapter(FrameworkAdapter):
         module = self.module(layer)
         opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
         w = torch.as_tensor(weight, device=self.device).reshape(1, -1, 1, 1)
+        probability = {}  # whether the model outputs probabilities: checked on the first batch only
 
         def step(x, labels, lam):
             store = {}
@@ -297,7 +298,9 @@ class PyTorchAdapter(FrameworkAdapter):
                 out = out[-1]
             z = torch.relu(store["out"])
             mse = torch.mean((z - z.detach() * w) ** 2)
-            if self._is_probability(out.detach().cpu().numpy()):
+            if "p" not in probability:
+                probability["p"] = self._is_probability(out.detach().cpu().numpy())
+            if probability["p"]:
                 logp = torch.log(out.clamp_min(1e-12))
             else:
                 logp = torch.log_softmax(out, dim=1)
