@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from art_backdoor_ext.evaluation import Scenario, prepare_scenario, run_defences  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-FAITHFUL = {"learning_rate": None, "nb_epochs": 5, "anneal": False}  # FinePruning.PAPER: Adam 1e-3, 5 epochs
-IMPROVED = {"learning_rate": 5e-3, "nb_epochs": 5, "anneal": False}  # fine-tuning at 5x the training rate
+FAITHFUL = {"learning_rate": None, "nb_epochs": 5, "anneal": False, "reinit_head": False}  # FinePruning.PAPER
+IMPROVED = {"learning_rate": 5e-3, "nb_epochs": 5, "anneal": False, "reinit_head": False}  # 5x the training rate
 ABLATION_SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids", "fine_pruning_ablation.yaml")
 VARIANTS = (("fine-pruning", "fine-prune (default)"), ("fine-pruning-paper", "fine-prune (paper)"),
             ("prune-only", "prune only"), ("fine-tune-only", "fine-tune only"))

@@ -537,7 +537,7 @@ def test_defences_keep_their_own_copy_of_the_data(s, name):
     assert report["detected"] == expected["detected"] and report["target_class"] == expected["target_class"]
 
 
-@pytest.mark.parametrize("learning_rate", ["auto", None])
+@pytest.mark.parametrize("learning_rate", ["scaled", "auto", None])
 def test_fine_pruning_is_deterministic_under_seed_on_pytorch(s, learning_rate):
     from art_backdoor_ext.estimators import get_adapter
 

@@ -269,6 +269,15 @@ class FrameworkAdapter(abc.ABC):
         raise NotImplementedError(f"Physical channel removal is not available for {type(self.classifier).__name__}; "
                                   "use prune_channels (a persistent mask).")
 
+    def reset_output_layer(self, seed: Optional[int] = None) -> str:
+        """
+        Re-initialise, in place, the weights of the model's last layer with weights (the classifier head: the final
+        dense layer) with that layer's own initializer, drawn with ``seed``; the caller's random state is untouched.
+        Returns the layer's name.
+        """
+        raise NotImplementedError(f"Re-initialising the output layer is not available for "
+                                  f"{type(self.classifier).__name__}.")
+
     def set_learning_rate(self, learning_rate: float) -> None:
         """Set the learning rate of the classifier's optimizer (used by ``fit``)."""
         raise NotImplementedError

@@ -279,6 +279,28 @@ class KerasAdapter(FrameworkAdapter):
             return self.clone()
         return self.wrap_model(model)
 
+    def reset_output_layer(self, seed: Optional[int] = None) -> str:
+        """The last layer with a ``kernel`` (a ``Dense`` head) gets fresh weights from its own kernel and bias
+        initializers, re-created with ``seed`` in their configuration (Keras initializers without a seed would draw
+        from the backend's global generator)."""
+        head = None
+        for layer in self.model.layers:
+            if getattr(layer, "kernel", None) is not None and getattr(layer, "kernel_initializer", None) is not None:
+                head = layer
+        if head is None:
+            raise ValueError(f"{type(self.model).__name__} has no layer with a kernel to re-initialise.")
+        for name in ("kernel", "bias"):
+            variable = getattr(head, name, None)
+            init = getattr(head, name + "_initializer", None)
+            if variable is None or init is None:
+                continue
+            config = init.get_config()
+            if "seed" in config:
+                config["seed"] = None if seed is None else int(seed) % (2 ** 31)
+            fresh = type(init).from_config(config)
+            variable.assign(np.asarray(fresh(tuple(variable.shape), dtype=variable.dtype)))
+        return head.name
+
     def _optimizer(self):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:

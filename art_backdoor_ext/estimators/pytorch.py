@@ -239,6 +239,19 @@ class PyTorchAdapter(FrameworkAdapter):
                 norms += value.detach().reshape(module.out_channels, -1).abs().sum(dim=1).cpu().numpy()
         return norms
 
+    def reset_output_layer(self, seed: Optional[int] = None) -> str:
+        """The last module that owns parameters and has ``reset_parameters`` (a ``Linear`` head) is reset with
+        PyTorch's default initialisation, drawn with ``seed``."""
+        head = None
+        for name, module in self.model.named_modules():
+            if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+                head = (name, module)
+        if head is None:
+            raise ValueError(f"{type(self.model).__name__} has no layer with parameters to re-initialise.")
+        with self.seeded(seed):
+            head[1].reset_parameters()
+        return head[0]
+
     def set_learning_rate(self, learning_rate: float) -> None:
         optimizer = self.classifier.optimizer
         if optimizer is None:

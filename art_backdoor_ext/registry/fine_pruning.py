@@ -88,7 +88,7 @@ def _prune_only(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr: 
 
 @register_defence("fine-tune-only", kind="transformer")
 def _fine_tune_only(ctx: ScenarioContext, tuning_fraction: float = 0.1, record_asr: bool = True, **kwargs):
-    """Ablation: the default fine-tuning (rate chosen on held-out clean data) without pruning."""
+    """Ablation: the default fine-tuning (re-initialised head, scaled rate, cosine decay) without pruning."""
     return _fine_prune(ctx, ctx.classifier, tuning_fraction, record_asr, **{**kwargs, "prune": False})
 
 
