@@ -70,8 +70,9 @@ class FinePruning(Transformer):
     summary are kept in :attr:`report_` (and :attr:`curve_`).
     """
 
-    params = ["layer", "max_acc_drop", "step", "nb_epochs", "learning_rate", "lr_scale", "lr_factors", "validation_split",
-              "anneal", "reinit_head", "prune", "batch_size", "method", "full_curve", "min_clean", "seed", "verbose"]
+    params = ["layer", "max_acc_drop", "step", "nb_epochs", "learning_rate", "lr_scale", "lr_factors",
+              "validation_split", "anneal", "reinit_head", "prune", "batch_size", "method", "full_curve", "min_clean",
+              "seed", "verbose"]
 
     PAPER = {"learning_rate": None, "nb_epochs": 5, "anneal": False, "reinit_head": False}
     """The paper's fine-tuning: the optimizer's own rate, 5 epochs, constant rate, the trained output layer kept, all
@@ -79,9 +80,9 @@ class FinePruning(Transformer):
 
     def __init__(self, classifier, layer: Optional[str] = None, max_acc_drop: float = 0.04,
                  step: Union[int, float] = 1, nb_epochs: int = 20, learning_rate: Union[str, float, None] = "scaled",
-                 lr_scale: float = 5.0, lr_factors: Sequence[float] = (10, 5, 2, 1), validation_split: float = 0.25, anneal: bool = True,
-                 reinit_head: bool = True, prune: bool = True, batch_size: int = 64, method: str = "auto", full_curve: bool = False,
-                 min_clean: int = 100,
+                 lr_scale: float = 5.0, lr_factors: Sequence[float] = (10, 5, 2, 1), validation_split: float = 0.25,
+                 anneal: bool = True, reinit_head: bool = True, prune: bool = True, batch_size: int = 64,
+                 method: str = "auto", full_curve: bool = False, min_clean: int = 100,
                  seed: Optional[int] = 0,
                  verbose: bool = False) -> None:
         """
@@ -99,11 +100,10 @@ class FinePruning(Transformer):
                               stays within ``max_acc_drop`` of the original model's); a float uses that rate; ``None``
                               keeps the optimizer's configured rate (the paper). Only ``"auto"`` holds data out.
         :param lr_scale: ``"scaled"``: the fine-tuning rate as a multiple of the optimizer's configured rate.
-        :param lr_factors: ``"auto"``: candidate rates as multiples of the optimizer's configured rate. The smallest is
-                           the reference (its held-out accuracy is what the others are compared with); the others are
-                           tried largest first and the first within ``max_acc_drop`` of the reference is kept (each
-                           costs one fine-tuning run). When none is, the smallest is used and a ``UserWarning`` says
-                           the backdoor may survive.
+        :param lr_factors: ``"auto"``: candidate rates as multiples of the optimizer's configured rate, tried largest
+                           first; the first whose held-out accuracy stays within ``max_acc_drop`` of the original
+                           model's on the same images is kept (each costs one fine-tuning run). When none is, the
+                           smallest is used and a ``UserWarning`` says so.
         :param validation_split: ``"auto"``: share of the clean images (stratified by class, drawn with ``seed``) held
                                  out to measure each candidate's accuracy cost; the rest are fine-tuned on.
         :param anneal: Decay the rate per epoch along a half cosine to 1% of its initial value (``False``: constant
