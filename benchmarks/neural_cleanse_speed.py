@@ -178,6 +178,15 @@ def fmt(x, d=2):
     return "-" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
 
+def write_results(prefix: str, out: dict, markdown: str) -> None:
+    """Write ``prefix.json`` (numpy values as lists) and ``prefix.md``, creating the folder."""
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    with open(prefix + ".json", "w") as f:
+        json.dump(out, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    with open(prefix + ".md", "w") as f:
+        f.write(markdown)
+
+
 def to_markdown(out: dict) -> str:
     lines = [
         "# Neural Cleanse: ours vs ART's (issue 19)",
@@ -198,18 +207,14 @@ def to_markdown(out: dict) -> str:
             f"| {r['implementation']} | {r['framework']} | {r['seconds']:.1f} | {r['seconds_reverse']:.1f} | "
             f"{r['steps_per_class_max']} | {r['detected']} | {fmt(r['target_class'])} | {r['flagged_classes']} | "
             f"{idx[7]:.2f} | {idx[low]:.2f} ({low}) | {norms[7]:.1f} | {np.median(norms):.1f} |")
-    lines += ["", "Per-class L1 norms of the recovered masks:", "",
-              "| implementation | framework | " + " | ".join(str(c) for c in range(10)) + " |",
-              "|---|---|" + "---|" * 10]
-    for r in out["runs"]:
-        lines.append(f"| {r['implementation']} | {r['framework']} | "
-                     + " | ".join(f"{v:.1f}" for v in r["l1_norms"]) + " |")
-    lines += ["", "Per-class anomaly index (signed; negative = smaller mask than the median):", "",
-              "| implementation | framework | " + " | ".join(str(c) for c in range(10)) + " |",
-              "|---|---|" + "---|" * 10]
-    for r in out["runs"]:
-        lines.append(f"| {r['implementation']} | {r['framework']} | "
-                     + " | ".join(f"{v:.2f}" for v in r["anomaly_index"]) + " |")
+    for title, key, digits in (("Per-class L1 norms of the recovered masks:", "l1_norms", 1),
+                               ("Per-class anomaly index (signed; negative = smaller mask than the median):",
+                                "anomaly_index", 2)):
+        lines += ["", title, "", "| implementation | framework | " + " | ".join(str(c) for c in range(10)) + " |",
+                  "|---|---|" + "---|" * 10]
+        for r in out["runs"]:
+            lines.append(f"| {r['implementation']} | {r['framework']} | "
+                         + " | ".join(f"{v:.{digits}f}" for v in r[key]) + " |")
     if out.get("ratio") is not None:
         lines += ["", f"Ours / ART on the same Keras model: {out['ratio']:.2f}x the time "
                       f"(target: within 2x, i.e. <= 2.0; and under 60 s)."]
@@ -290,11 +295,7 @@ def main(argv=None) -> int:
         "ratio": ours_k["seconds"] / art_1["seconds"] if art_1 else None,
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(out, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(to_markdown(out))
+    write_results(args.out, out, to_markdown(out))
     print(to_markdown(out))
     return 0
 

@@ -41,6 +41,7 @@ from art_backdoor_ext.evaluation import Scenario, prepare_scenario
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
+from neural_cleanse_speed import write_results  # noqa: E402  (a sibling benchmark script)
 logger = logging.getLogger("rq3")
 
 ATTACKS = {
@@ -232,10 +233,7 @@ def main(argv=None) -> int:
         with open(args.out + ".json") as f:
             out = json.load(f)
         out["findings"] = FINDINGS
-        with open(args.out + ".json", "w") as f:
-            json.dump(out, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write(to_markdown(out))
+        write_results(args.out, out, to_markdown(out))
         return 0
     from art_backdoor_ext.grid import GridCache
 
@@ -270,11 +268,7 @@ def main(argv=None) -> int:
                 out["load_min"], out["load_max"] = min(out["loads"]), max(out["loads"])
                 out["timing_label"] = "loaded" if out["load_max"] >= 1.5 else "unloaded"
                 out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-                os.makedirs(os.path.dirname(args.out), exist_ok=True)
-                with open(args.out + ".json", "w") as f:
-                    json.dump(out, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-                with open(args.out + ".md", "w") as f:
-                    f.write(to_markdown(out))
+                write_results(args.out, out, to_markdown(out))
     print(to_markdown(out))
     return 0
 

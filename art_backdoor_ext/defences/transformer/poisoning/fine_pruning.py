@@ -326,16 +326,21 @@ class FinePruning(Transformer):
                 val_before = self._accuracy(adapter, x[val], labels[val])
                 self._warn_if_unresolved(val_before, nb_val, "holds out", "to choose the fine-tuning rate",
                                          "the rate chosen may cost more accuracy than that")
-                learning_rate, tuned, val_after, val_reference, search = self._choose_rate(
-                    new_adapter, x[tune], labels[tune], x[val], labels[val], base_rate, val_before)
+                val_reference = val_before  # the original model's accuracy on the held-out images
+                learning_rate, tuned, val_after, search = self._choose_rate(
+                    new_adapter, x[tune], labels[tune], x[val], labels[val], base_rate, val_reference)
                 if transformed_classifier is not None and method != "surgeon":
                     # the caller's own classifier is the one returned: fine-tune it the same way (same seed and data)
                     self._fine_tune(new_adapter, x[tune], labels[tune], learning_rate)
                 else:
                     new, new_adapter = tuned.classifier, tuned
             else:
-                learning_rate = (base_rate if learning_rate is None else float(self.lr_scale) * base_rate
-                                 if learning_rate == "scaled" else float(learning_rate))
+                if learning_rate is None:  # the paper: the optimizer's own rate
+                    learning_rate = base_rate
+                elif learning_rate == "scaled":
+                    learning_rate = float(self.lr_scale) * base_rate
+                else:
+                    learning_rate = float(learning_rate)
                 self._fine_tune(new_adapter, x, labels, learning_rate)
         acc_after = self._accuracy(new_adapter, x, labels)
         asr_after = self._asr(new_adapter, bd_x, bd_y)
@@ -401,7 +406,7 @@ class FinePruning(Transformer):
         memorisation and the test is stricter than on unseen data (a smaller rate is chosen): it errs on the side of
         clean accuracy.
 
-        :return: ``(rate, tuned adapter, its held-out accuracy, the reference accuracy, the search record)``.
+        :return: ``(rate, tuned adapter, its held-out accuracy, the search record)``.
         """
         factors = sorted({float(f) for f in self.lr_factors}, reverse=True)
         search: List[Dict[str, Any]] = []
@@ -425,7 +430,7 @@ class FinePruning(Transformer):
                           "original's accuracy on them is inflated by memorisation and this check is conservative).",
                           UserWarning,
                           stacklevel=3)
-        return factor * base_rate, candidate, acc_val, reference, search
+        return factor * base_rate, candidate, acc_val, search
 
     def _fine_tune(self, adapter, x: np.ndarray, labels: np.ndarray, learning_rate: float) -> None:
         """Fine-tune in place; ART's ``fit`` draws its data order from global generators, seeded here for this call
