@@ -6,8 +6,9 @@ Harness rows for ART's own poison-filtering defences, run on the feature layer o
   and ``"ac-exre"`` (exclusionary reclassification, ``ex_re_threshold``); ``"ac"`` is the relative-size row under the
   name the tables have always used;
 * Spectral Signatures (Tran et al., https://arxiv.org/abs/1811.00636), ART's ``SpectralSignatureDefense``:
-  ``"ss-art"`` (ART's default ``expected_pp_poison=0.33``), ``"ss-oracle"`` (the true poison fraction of the target
-  class) and ``"ss"`` (the oracle setting under the name the tables have always used);
+  ``"ss"`` (what a careful ART user runs: ART's default ``expected_pp_poison=0.33``, no knowledge of the poison),
+  ``"ss-art"`` (the same row under its explicit name) and ``"ss-oracle"`` (told the true poison fraction of the target
+  class, ORACLE knowledge no defender has: the most favourable setting, shown beside it);
 * ``"provenance"``: ART's ``ProvenanceDefense`` (Baracaldo et al., https://ieeexplore.ieee.org/document/8473440) on a
   data-source label per training image that the row derives from the scenario's seed (the training set split at
   random into sources, every poisoned image in one of them) and a trusted clean subset (the first test images).
@@ -229,16 +230,14 @@ def _oracle_pp_poison(ctx: ScenarioContext) -> float:
 
 
 @register_defence("ss")
-def spectral_signatures(ctx: ScenarioContext, eps_multiplier: float = 1.5, expected_pp_poison: Optional[float] = None,
+def spectral_signatures(ctx: ScenarioContext, eps_multiplier: float = 1.5, expected_pp_poison: float = 0.33,
                         layer: Optional[str] = None) -> Tuple[Dict[str, Any], np.ndarray]:
     """
-    ART's Spectral Signatures. ``expected_pp_poison`` defaults to the true poison fraction of the target class (oracle
-    knowledge, the most favourable setting for SS; 0.05 on a clean set). SS removes that many from *every* class, so it
-    detects nothing by itself: ``detected`` is reported as ``None``. The same row as ``"ss-oracle"``, under the name
-    the tables have always used; ``"ss-art"`` runs ART's default instead.
+    ART's Spectral Signatures as an ART user runs it: ART's defaults (``expected_pp_poison=0.33``,
+    ``eps_multiplier=1.5``), so it removes the ``1.5 * 0.33`` most suspicious fraction (about half) of *every* class
+    whatever the poison, and detects nothing by itself (``detected`` is ``None``). Until version 0.1.0's tables this
+    row was told the true poison fraction (oracle knowledge); that setting is now the ``"ss-oracle"`` row.
     """
-    if expected_pp_poison is None:
-        expected_pp_poison = _oracle_pp_poison(ctx)
     return _ss_row(ctx, eps_multiplier, expected_pp_poison, layer)
 
 
@@ -257,10 +256,9 @@ def spectral_signatures_oracle(ctx: ScenarioContext, eps_multiplier: float = 1.5
 def spectral_signatures_art(ctx: ScenarioContext, eps_multiplier: float = 1.5, expected_pp_poison: float = 0.33,
                             layer: Optional[str] = None) -> Tuple[Dict[str, Any], np.ndarray]:
     """
-    ART's Spectral Signatures with ART's defaults (``expected_pp_poison=0.33``, ``eps_multiplier=1.5``): it removes the
-    ``1.5 * 0.33`` most suspicious fraction (about half) of every class, whatever the poison.
+    ART's Spectral Signatures with ART's defaults: the ``"ss"`` row under an explicit name.
     """
-    return _ss_row(ctx, eps_multiplier, expected_pp_poison, layer)
+    return spectral_signatures(ctx, eps_multiplier, expected_pp_poison, layer)
 
 
 def _spectral_percentiles(ctx: ScenarioContext) -> np.ndarray:

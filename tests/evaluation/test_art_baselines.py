@@ -71,7 +71,7 @@ def test_every_ac_and_ss_row_runs(ctx, name):
         assert "numpy >= 2.2" in row.notes
     if name == "ac-silhouette":  # the flagged clusters are small ones
         assert all(0 < report["flagged_fraction_by_class"][c] < 0.35 for c in report["suspected_classes"])
-    if name == "ss-art":  # ART's default: 1.5 x 0.33 of every class
+    if name in ("ss", "ss-art"):  # ART's default: 1.5 x 0.33 of every class
         assert report["expected_pp_poison"] == 0.33 and 0.4 < flagged.mean() < 0.6
     if name == "ss-oracle":
         assert "oracle" in row.notes
@@ -82,10 +82,10 @@ def test_relative_size_row_is_the_ac_row(ctx):
     assert np.array_equal(ac.is_clean, rel.is_clean) and ac.detected == rel.detected
 
 
-def test_ss_row_stays_the_oracle_row(ctx):
-    ss, oracle = run_defences(ctx, ["ss", "ss-oracle"])
-    assert np.array_equal(ss.is_clean, oracle.is_clean)
-    assert ss.report["expected_pp_poison"] == pytest.approx(ctx.is_poison[ctx.y_train == 1].mean())
+def test_ss_row_is_arts_default_not_the_oracle(ctx):
+    ss, art, oracle = run_defences(ctx, ["ss", "ss-art", "ss-oracle"])
+    assert np.array_equal(ss.is_clean, art.is_clean) and ss.report["expected_pp_poison"] == 0.33
+    assert oracle.report["expected_pp_poison"] == pytest.approx(ctx.is_poison[ctx.y_train == 1].mean())
 
 
 def test_exclusionary_reclassification_clears_clusters(ctx):
