@@ -269,6 +269,15 @@ class FrameworkAdapter(abc.ABC):
         raise NotImplementedError(f"Physical channel removal is not available for {type(self.classifier).__name__}; "
                                   "use prune_channels (a persistent mask).")
 
+    def art_neural_cleanse_classifier(self):
+        """
+        The classifier as ART's ``NeuralCleanse`` transformer takes it: an ART ``KerasClassifier`` whose model outputs
+        probabilities (ART builds ``KerasNeuralCleanse`` with ``use_logits=False``). ART's Neural Cleanse exists only
+        for Keras classifiers, so other frameworks raise a ``ValueError``.
+        """
+        raise ValueError(f"ART's NeuralCleanse supports only Keras classifiers, not {type(self.classifier).__name__}; "
+                         "use art_backdoor_ext's NeuralCleanseDefence (the 'nc' row) for this framework.")
+
     def reset_output_layer(self, seed: Optional[int] = None) -> str:
         """
         Re-initialise, in place, the weights of the model's last layer with weights (the classifier head: the final

@@ -279,6 +279,20 @@ class KerasAdapter(FrameworkAdapter):
             return self.clone()
         return self.wrap_model(model)
 
+    def art_neural_cleanse_classifier(self):
+        from art.estimators.classification import KerasClassifier
+
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        model = self.model
+        if self.final_softmax() is None:  # logits: the same layers (shared weights) with a softmax on top
+            keras = keras_module_of(model)
+            model = keras.Model(model.inputs, keras.layers.Softmax(name="probabilities")(model.outputs[0]),
+                                name=model.name + "_softmax")
+        return KerasClassifier(model=model, use_logits=False, clip_values=self.classifier.clip_values,
+                               channels_first=self.classifier.channels_first,
+                               preprocessing=self.classifier.preprocessing)
+
     def reset_output_layer(self, seed: Optional[int] = None) -> str:
         """The last layer with a ``kernel`` (a ``Dense`` head) gets fresh weights from its own kernel and bias
         initializers, re-created with ``seed`` in their configuration (Keras initializers without a seed would draw

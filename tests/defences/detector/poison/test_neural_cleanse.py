@@ -74,3 +74,27 @@ def test_bad_input(badnets_run):
             NeuralCleanseDefence(ctx.classifier, ctx.x_train, ctx.y_train, **bad)
     with pytest.raises(ValueError, match="target"):
         defence.mitigate(ctx.x_clean[:100], ctx.y_clean[:100], target=12)
+
+
+def test_art_neural_cleanse_row_on_keras(scenario_ctx):
+    # ART's own NeuralCleanse through the harness ("nc-art"): with its learning rate restored after ART's reset() it
+    # reverses the same trigger (smallest mask on the target); as installed under Keras 3 it optimises nothing
+    from art_backdoor_ext.evaluation import run_defences
+
+    ctx = scenario_ctx(BADNETS_KERAS)
+    (row,) = run_defences(ctx, ["nc-art"])
+    norms = row.report["l1_norms"]
+    assert min(norms, key=norms.get) == 7 and norms[7] < 0.5 * np.median(list(norms.values())), norms
+    assert row.report["detected"] is False or row.report["target_class"] == 7
+    assert np.all(row.is_clean == 1) and "restored" in row.notes
+    (raw,) = run_defences(ctx, ["nc-art"], defence_kwargs={"nc-art": {"nb_epochs": 2, "restore_learning_rate": False}})
+    assert not raw.report["detected"] and len(set(raw.report["l1_norms"].values())) == 1 and "nothing" in raw.notes
+
+
+def test_art_neural_cleanse_row_refuses_pytorch(badnets_run):
+    from art_backdoor_ext.evaluation import run_defences
+
+    with pytest.raises(ValueError, match="only Keras"):
+        run_defences(badnets_run[0], ["nc-art"])
+    with pytest.raises(ValueError, match="norm"):
+        run_defences(badnets_run[0], ["nc-art"], defence_kwargs={"nc-art": {"norm": 3}})
