@@ -445,9 +445,9 @@ def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
         "translation_success": report["translation_success"],
     }
     if with_baselines:
-        row["baselines"] = {r.defence: {"detected": r.detected, "target_class": r.target_class, "tpr": r.tpr,
-                                        "fpr": r.fpr, "seconds": r.seconds}
-                            for r in run_defences(ctx, ["ac", "ss"])}
+        row["baselines"] = {r.defence.replace("-oracle", ""): {"detected": r.detected, "target_class": r.target_class,
+                                                                "tpr": r.tpr, "fpr": r.fpr, "seconds": r.seconds}
+                            for r in run_defences(ctx, ["ac", "ss-oracle"])}  # the table's SS column: oracle
     row = json.loads(json.dumps(row, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     if result_path:
         with open(result_path, "w", encoding="utf-8") as f:
@@ -478,7 +478,8 @@ def write_report(rows, path_prefix):
     lines = ["# AEGIS decision rules (issue 14)", "",
              f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "
              f"{ROBUST_KW['max_iter']} steps, {EPOCHS} epochs unless stated), target {TARGET}. AEGIS runs once per "
-             "model with its default parameters (never tuned per model); every rule is applied to that one run. "
+             "model with its default parameters (never tuned per model; since this run, PGD translations start from the "
+             "seed image plus uniform noise in [0, 0.1], `init_noise`); every rule is applied to that one run. "
              "Rules: **masking** (default): training clusters count as one unless masking the translations' "
              "class-specific pixels takes a training sub-cluster out of the class; **translated**: training clusters "
              "count as one, translated clusters each; **all**: every mean-shift cluster (Algorithm 1); "
