@@ -348,6 +348,7 @@ class FrameworkAdapter(abc.ABC):
                                     nb_epochs: int = 5, batch_size: int = 64, learning_rate: float = 1e-4,
                                     learning_rate_d: float = 1e-3, d_steps: int = 1, noise_sigma: float = 0.1,
                                     noise_decay: float = 10.0, seed: int = 0, objective: str = "paper",
+                                    mmd: float = 0.0,
                                     validation: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                                     verbose: bool = False) -> Dict[str, List[float]]:
         """
@@ -361,7 +362,11 @@ class FrameworkAdapter(abc.ABC):
         instead, pulling ``D``'s output to 1/2 on the game's images (bounded, and its gradient does not vanish when
         ``D`` is confidently right, unlike ``-L_D``'s); with ``objective="flip"``, ``CE + lam * BCE(D(H(x_b)), 0)`` on
         the poisoned images only (the non-saturating GAN generator loss). ``sigma`` starts at ``noise_sigma`` and is
-        divided by ``noise_decay`` each epoch.
+        divided by ``noise_decay`` each epoch. ``mmd > 0`` adds ``mmd * MMD^2`` to the classifier's objective: the
+        squared maximum mean discrepancy (Gretton et al., https://jmlr.org/papers/v13/gretton12a.html; Gaussian
+        kernels at 1/4, 1 and 4 times the batch's median squared distance) between the poisoned latents of the game's
+        batch and the reference latents, the latter held constant, so that only the poisoned latents move toward the
+        clean ones' distribution.
 
         A step draws ``batch_size`` images of the whole set for the cross-entropy and, for the game, ``batch_size // 2``
         poisoned plus ``batch_size // 2`` reference images (with replacement): balanced, since poison is a small
@@ -411,7 +416,7 @@ class FrameworkAdapter(abc.ABC):
                 idx = order[s * batch_size:(s + 1) * batch_size]
                 d_idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
                 noise = (rng.standard_normal((int(d_steps) + 1, 2 * half, dim)) * sigma).astype(np.float32)
-                sums += session.step(x[idx], labels[idx], x[d_idx], labels[d_idx], b_d, noise, float(lam))
+                sums += session.step(x[idx], labels[idx], x[d_idx], labels[d_idx], b_d, noise, float(lam), float(mmd))
             ce, d_loss, adv, d_acc, loss = sums / max(steps, 1)
             history["ce"].append(float(ce))
             history["d_loss"].append(float(d_loss))

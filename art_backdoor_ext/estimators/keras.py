@@ -427,7 +427,21 @@ class _KerasEmbeddingSession:
         self._probability = None
         self._step = tf.function(self._step_impl, reduce_retracing=True)
 
-    def _step_impl(self, x_ce, y_all, x_d, b_d, noise, lam, probability):
+    @staticmethod
+    def _mmd2(a, b):
+        """Squared MMD of two latent batches, Gaussian kernels at 1/4, 1, 4 x the median squared distance."""
+        import tensorflow as tf
+
+        z = tf.concat([a, b], axis=0)
+        sq = tf.reduce_sum(z * z, axis=1)
+        d2 = tf.maximum(sq[:, None] + sq[None, :] - 2.0 * tf.matmul(z, z, transpose_b=True), 0.0)
+        flat = tf.sort(tf.reshape(tf.stop_gradient(d2), [-1]))
+        med = tf.maximum(flat[tf.size(flat) // 2], 1e-6)
+        k = tf.add_n([tf.exp(-d2 / (scale * med)) for scale in (0.25, 1.0, 4.0)])
+        n = tf.shape(a)[0]
+        return (tf.reduce_mean(k[:n, :n]) + tf.reduce_mean(k[n:, n:]) - 2.0 * tf.reduce_mean(k[:n, n:]))
+
+    def _step_impl(self, x_ce, y_all, x_d, b_d, noise, lam, probability, mmd):
         import tensorflow as tf
 
         n = tf.shape(x_ce)[0]
@@ -463,12 +477,15 @@ class _KerasEmbeddingSession:
                 loss = ce + lam * tf.reduce_sum(flip * b) / tf.maximum(tf.reduce_sum(b), 1.0)
             else:
                 loss = ce - lam * adv
+            poisoned = b_d > 0.5  # the game's batch: poisoned latents first, then the (fixed) reference latents
+            loss = loss + mmd * self._mmd2(tf.boolean_mask(f_d, poisoned),
+                                           tf.stop_gradient(tf.boolean_mask(f_d, tf.logical_not(poisoned))))
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
         self.opt.apply_gradients(zip(grads, variables))
         return ce, tf.reduce_mean(tf.stack(d_losses)), adv, tf.reduce_mean(tf.stack(d_accs)), loss
 
-    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam, mmd=0.0):
         import tensorflow as tf
 
         x_ce = self.adapter._preprocess(x_ce)  # pylint: disable=protected-access
@@ -478,7 +495,8 @@ class _KerasEmbeddingSession:
                 np.asarray(self.model(x_ce[:8], training=False)))
         y_all = np.concatenate([y_ce, y_d]).astype(np.int32)
         out = self._step(tf.constant(x_ce), tf.constant(y_all), tf.constant(x_d),
-                         tf.constant(b_d), tf.constant(noise), tf.constant(float(lam), tf.float32), self._probability)
+                         tf.constant(b_d), tf.constant(noise), tf.constant(float(lam), tf.float32), self._probability,
+                         tf.constant(float(mmd), tf.float32))
         return np.array([float(v) for v in out])
 
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -361,7 +361,19 @@ class _TorchEmbeddingSession:
             out = out[-1]
         return out, store["out"].reshape(len(x), -1)
 
-    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam):
+    @staticmethod
+    def _mmd2(a, b):
+        """Squared MMD of two latent batches, Gaussian kernels at 1/4, 1, 4 x the median squared distance."""
+        import torch
+
+        z = torch.cat([a, b])
+        d2 = torch.cdist(z, z).pow(2)
+        med = d2.detach().median().clamp_min(1e-6)
+        k = sum(torch.exp(-d2 / (scale * med)) for scale in (0.25, 1.0, 4.0))
+        n = len(a)
+        return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+    def step(self, x_ce, y_ce, x_d, y_d, b_d, noise, lam, mmd=0.0):
         import torch
 
         n = len(x_ce)
@@ -399,6 +411,9 @@ class _TorchEmbeddingSession:
                 loss = ce + lam * self.bce(logits_adv[poisoned], torch.zeros_like(b[poisoned]))
             else:  # Eq. 5: maximise D's loss
                 loss = ce - lam * adv
+            if mmd > 0:  # pull the poisoned latents' distribution onto the (fixed) reference latents'
+                poisoned = b[:, 0] > 0.5
+                loss = loss + mmd * self._mmd2(f_d[poisoned], f_d[~poisoned].detach())
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()

@@ -200,14 +200,14 @@ class AdversarialBackdoorEmbedding(_EmbeddingAttack):
     attack_params = PoisoningAttackTransformer.attack_params + [
         "trigger", "target", "fraction", "sources", "layer", "regularization", "nb_epochs", "learning_rate",
         "learning_rate_d", "d_steps", "pretrain_epochs", "batch_size", "noise_sigma", "noise_decay", "reference",
-        "objective", "seed", "verbose",
+        "objective", "mmd", "seed", "verbose",
     ]
     def __init__(self, classifier, trigger: Union[Callable[[np.ndarray], np.ndarray], object], target: int,
                  fraction: float = 0.05, sources=None, layer: Optional[str] = None, regularization: float = 0.3,
                  nb_epochs: int = 5, learning_rate: float = 1e-4, learning_rate_d: float = 1e-3, d_steps: int = 1,
                  pretrain_epochs: int = 10, batch_size: int = 64, noise_sigma: float = 0.1,
-                 noise_decay: float = 10.0, reference: str = "target", objective: str = "confusion", seed: int = 0,
-                 verbose: bool = False) -> None:
+                 noise_decay: float = 10.0, reference: str = "target", objective: str = "confusion", mmd: float = 0.0,
+                 seed: int = 0, verbose: bool = False) -> None:
         """
         :param classifier: An ART ``PyTorchClassifier`` or Keras 3 ``KerasClassifier``; never modified (the attack
                            trains a clone).
@@ -236,6 +236,9 @@ class AdversarialBackdoorEmbedding(_EmbeddingAttack):
                           ``"confusion"`` (``CE + lambda * BCE(D(H(x)), 1/2)`` over the game's poisoned and reference
                           images: pulls ``D``'s output to 1/2) or ``"flip"`` (``CE + lambda * BCE(D(H(x_b)), 0)`` over
                           the poisoned images only: the non-saturating GAN generator loss).
+        :param mmd: Weight of a kernel two-sample penalty (squared MMD, Gaussian kernels) that pulls the distribution
+                    of the poisoned latents of each game batch onto that of the reference latents (held constant);
+                    0 = the paper's game alone. See the module docstring.
         :param seed: Seed of the poisoned images' choice, the batch order, the noise and ``D``'s initial weights.
         :param verbose: Log each epoch at INFO level (the game always logs; this also shows ART's fit progress).
         """
@@ -250,6 +253,7 @@ class AdversarialBackdoorEmbedding(_EmbeddingAttack):
         self.noise_decay = noise_decay
         self.reference = reference
         self.objective = objective
+        self.mmd = mmd
         self.history_: Dict[str, List[float]] = {}
         self.discriminator_ = None
         self._check_params()
@@ -271,6 +275,7 @@ class AdversarialBackdoorEmbedding(_EmbeddingAttack):
         check_number("noise_decay", self.noise_decay, 1)
         check_choice("reference", self.reference, ("target", "all"))
         check_choice("objective", self.objective, ("paper", "confusion", "flip"))
+        check_number("mmd", self.mmd, low=0, hint="0 = the paper's game alone")
 
     def embed(self, x: np.ndarray, y: np.ndarray, is_poison: np.ndarray, x_val: Optional[np.ndarray] = None,
               y_val: Optional[np.ndarray] = None):
@@ -301,7 +306,7 @@ class AdversarialBackdoorEmbedding(_EmbeddingAttack):
             nb_epochs=int(self.nb_epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
             learning_rate_d=float(self.learning_rate_d), d_steps=int(self.d_steps),
             noise_sigma=float(self.noise_sigma), noise_decay=float(self.noise_decay), seed=int(self.seed),
-            objective=self.objective, validation=validation, verbose=bool(self.verbose))
+            objective=self.objective, mmd=float(self.mmd), validation=validation, verbose=bool(self.verbose))
         self.seconds_["embedding"] = time.perf_counter() - start
         self.discriminator_ = getattr(clone_adapter, "discriminator_", None)
         logger.info("Adversarial embedding: %.1fs pretraining, %.1fs game (%d epochs, lambda %g).",

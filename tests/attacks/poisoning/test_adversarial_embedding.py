@@ -109,6 +109,8 @@ def test_poison_applies_trigger(pytorch_run):
     ({"d_steps": 0}, "d_steps"),
     ({"reference": "everything"}, "reference"),
     ({"objective": "wgan"}, "objective"),
+    ({"mmd": -1.0}, "mmd"),
+    ({"mmd": "yes"}, "mmd"),
 ])
 def test_bad_input_names_the_argument(kwargs, name):
     clf = make_classifier("pytorch", nb_classes=10, seed=0)

@@ -105,6 +105,28 @@ def test_detects_the_target_class_and_removes_its_poisoned_subcluster(scenario_c
     assert confusion["FalsePositive"]["numerator"] == 0
 
 
+def test_keras_robust_backdoor_detected_thanks_to_the_random_start(scenario_ctx):
+    # the same scenario on Keras (issue 19): every first-layer bias of this robust model is negative, so the gradient is
+    # exactly zero on MNIST's black border, the trigger's corners included; PGD started at the seed image (the paper,
+    # init_noise=0) cannot paint the trigger, the default random start can, and the masking test then finds it
+    from dataclasses import replace
+
+    ctx = scenario_ctx(replace(DISTRIBUTED_ROBUST, framework="keras"))
+    assert ctx.asr > 0.9 and ctx.clean_accuracy > 0.9
+    defence, report, is_clean = _run(ctx, "distributed-keras", cluster_rule="masking")  # every training image
+    assert report["detected"] and report["suspected_classes"] == [7]
+    flagged = np.asarray(is_clean) == 0
+    assert flagged[ctx.is_poison].mean() > 0.8 and not flagged[~ctx.is_poison].any()  # measured 1.00 and none
+
+    def corner(translated):  # bottom-right 2x2 square of the distributed trigger, NHWC
+        return float(np.mean(translated[:, 25:27, 25:27, 0].mean(axis=(1, 2)) > 0.5))
+
+    assert corner(defence.translated_[7]) > 0.5
+    paper_start = AEGISDefence(ctx.classifier, ctx.x_train, ctx.y_train, init_noise=0.0, **FAST)
+    x_trans, targets = paper_start.translate()
+    assert corner(x_trans[targets == 7]) < 0.1
+
+
 def test_clean_robust_model_is_not_flagged(scenario_ctx):
     # the paper's Table 11: every class of a clean robust model has exactly two clusters (training, translated)
     ctx = scenario_ctx(CLEAN_ROBUST)
@@ -152,7 +174,7 @@ def test_warns_when_pgd_flips_most_predictions(scenario_ctx):
                                  dict(bandwidth_quantile=1.5), dict(tsne_iter=10), dict(layer="nope"),
                                  dict(pca_components=-3), dict(max_train_per_class=1), dict(cluster_rule="most"),
                                  dict(mask_fraction=0), dict(mask_fraction=1.0), dict(mask_flip_threshold=1.5),
-                                 dict(min_subpopulation=0)])
+                                 dict(min_subpopulation=0), dict(init_noise=-0.1), dict(init_noise=2.0)])
 def test_bad_params(mnist5k, bad):
     from art_backdoor_ext.models import make_classifier
 
