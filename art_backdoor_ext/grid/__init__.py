@@ -16,11 +16,11 @@ or from a shell: ``python -m art_backdoor_ext.grid grid.yaml --out benchmarks/re
 """
 from art_backdoor_ext.grid.cache import GridCache, content_key
 from art_backdoor_ext.grid.core import BACKENDS, DEFAULT_CACHE, GridResult, run_grid
-from art_backdoor_ext.grid.report import aggregate, format_grid_table, save_grid_results
+from art_backdoor_ext.grid.report import aggregate, format_framework_table, format_grid_table, save_grid_results
 from art_backdoor_ext.grid.spec import GridSpec, GridTask, load_spec
 from art_backdoor_ext.grid.tasks import run_scenario_tasks
 from art_backdoor_ext.grid.stats import bootstrap_ci, mean_ci, rate_ci, threshold_free_scores, wilson_interval
 
 __all__ = ["BACKENDS", "DEFAULT_CACHE", "GridCache", "GridResult", "GridSpec", "GridTask", "aggregate",
-           "bootstrap_ci", "content_key", "format_grid_table", "load_spec", "mean_ci", "rate_ci", "run_grid",
-           "run_scenario_tasks", "save_grid_results", "threshold_free_scores", "wilson_interval"]
+           "bootstrap_ci", "content_key", "format_framework_table", "format_grid_table", "load_spec", "mean_ci",
+           "rate_ci", "run_grid", "run_scenario_tasks", "save_grid_results", "threshold_free_scores", "wilson_interval"]

@@ -13,7 +13,7 @@ import numpy as np
 from art_backdoor_ext.grid.spec import GridTask, scenario_cell
 from art_backdoor_ext.grid.stats import mean_ci, rate_ci
 
-__all__ = ["aggregate", "format_grid_table", "save_grid_results", "plot_grid"]
+__all__ = ["aggregate", "format_grid_table", "format_framework_table", "save_grid_results", "plot_grid"]
 
 CONTINUOUS = (("clean_accuracy", "acc"), ("asr", "ASR"), ("tpr", "TPR"), ("fpr_target", "FPR (target)"),
               ("fpr", "FPR (all)"), ("acc_after", "acc after"), ("asr_after", "ASR after"))
@@ -110,6 +110,49 @@ def format_grid_table(cells: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _summary(cell: Optional[Dict[str, Any]]) -> str:
+    """One cell in a few words: verdict counts over seeds, then mean TPR / FPR (all images) / AUROC."""
+    if cell is None:
+        return "-"
+    m = cell["metrics"]
+    parts = []
+    if cell["poisoned"]:
+        found = cell.get("target_found_rate")
+        if found and found["n"]:
+            parts.append(f"right target {found['k']}/{found['n']}")
+        for name, title in (("tpr", "TPR"), ("fpr", "FPR"), ("auroc", "AUROC")):
+            if m.get(name) and np.isfinite(m[name]["mean"]):
+                parts.append(f"{title} {_fmt(m[name]['mean'], 2)}")
+    else:
+        alarms = cell.get("false_alarm_rate")
+        if alarms and alarms["n"]:
+            parts.append(f"false alarms {alarms['k']}/{alarms['n']}")
+        if m.get("fpr") and np.isfinite(m["fpr"]["mean"]):
+            parts.append(f"FPR {_fmt(m['fpr']['mean'], 3)}")
+    return ", ".join(parts) or "-"
+
+
+def format_framework_table(cells: Sequence[Dict[str, Any]]) -> str:
+    """
+    The frameworks side by side (for grids over more than one framework): one row per attack, model width and defence,
+    one column per framework, each entry the verdicts over seeds and the mean TPR / FPR / AUROC. Empty when the grid
+    has one framework.
+    """
+    frameworks = list(dict.fromkeys(c["framework"] for c in cells))
+    if len(frameworks) < 2:
+        return ""
+    by_key: Dict[Tuple, Dict[str, Dict[str, Any]]] = {}
+    for c in cells:
+        key = (c["label"], c["width"], c["robust"], c["nb_epochs"], c["defence"], json.dumps(c["defence_kwargs"],
+                                                                                          sort_keys=True), c["retrain"])
+        by_key.setdefault(key, {})[c["framework"]] = c
+    lines = ["| attack | model | defence | " + " | ".join(frameworks) + " |", "|---|---|---|" + "---|" * len(frameworks)]
+    for (label, width, robust, _, defence, _, _), row in by_key.items():
+        model = width + (", robust" if robust else "")
+        lines.append(f"| {label} | {model} | {defence} | " + " | ".join(_summary(row.get(f)) for f in frameworks) + " |")
+    return "\n".join(lines)
+
+
 def save_grid_results(cells: Sequence[Dict[str, Any]], path_prefix: str, spec: Optional[Dict[str, Any]] = None,
                       tasks: Optional[List[Dict[str, Any]]] = None, plot: bool = True) -> Tuple[str, ...]:
     """
@@ -123,6 +166,10 @@ def save_grid_results(cells: Sequence[Dict[str, Any]], path_prefix: str, spec: O
         title = f"# Grid {spec['name']}\n\n" if spec and spec.get("name") else ""
         f.write(title + "Means over seeds with 95% bootstrap CIs; detection and false-alarm counts over seeds with "
                 "95% Wilson intervals.\n\n" + format_grid_table(cells) + "\n")
+        side_by_side = format_framework_table(cells)
+        if side_by_side:
+            f.write("\n## Frameworks side by side\n\nVerdicts over seeds (right target / false alarms) and mean TPR, "
+                    "FPR (all training images) and AUROC.\n\n" + side_by_side + "\n")
     with open(paths[1], "w", encoding="utf-8") as f:
         json.dump({"spec": spec, "cells": list(cells), "tasks": tasks or []}, f, indent=1, default=str)
     if plot and cells:

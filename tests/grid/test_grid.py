@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from art_backdoor_ext.evaluation.api import Scenario
-from art_backdoor_ext.grid import (GridCache, aggregate, bootstrap_ci, content_key, format_grid_table, load_spec,
-                                   rate_ci, run_grid, threshold_free_scores, wilson_interval)
+from art_backdoor_ext.grid import (GridCache, aggregate, bootstrap_ci, content_key, format_framework_table,
+                                   format_grid_table, load_spec, rate_ci, run_grid, threshold_free_scores,
+                                   wilson_interval)
 from art_backdoor_ext.grid import cache as cache_module
 from art_backdoor_ext.grid import tasks as grid_tasks
 from art_backdoor_ext.grid.spec import GridTask
@@ -297,6 +298,12 @@ def test_aggregate_detection_and_false_alarm_rates():
     assert "tpr" not in clean["metrics"] and clean["metrics"]["auroc"]["mean"] == pytest.approx(0.9)
     table = format_grid_table([clean, poisoned])
     assert "false alarm 1/4" in table and "detected 3/4" in table
+    # the frameworks side by side: one column per framework, nothing for a single framework
+    assert format_framework_table([clean, poisoned]) == ""
+    keras = [dict(c, framework="keras") for c in (clean, poisoned)]
+    side = format_framework_table([clean, poisoned] + keras).splitlines()
+    assert side[0].endswith("| pytorch | keras |") and len(side) == 4
+    assert "false alarms 1/4" in side[2] and side[3].count("right target 3/4") == 2 and "TPR 1.05" in side[3]
 
 
 # ------------------------------------------------------------------------------------------------------ ray backend
