@@ -48,10 +48,10 @@ from art_backdoor_ext.evaluation import (
 
 logger = logging.getLogger("demo")
 
-DEFAULT_DEFENCES = ["ac", "ss", "strip", "re", "re-paper", "ci", "nc", "fine-pruning"]
+DEFAULT_DEFENCES = ["ac", "ss", "ss-oracle", "strip", "re", "re-paper", "ci", "nc", "fine-pruning"]
 # re-paper keeps the paper's rule and cleansing; the cleansing check only adds a diagnostic (is_clean is unchanged)
 DEFAULT_KWARGS: Dict[str, Dict[str, Any]] = {"re-paper": {"min_relative_margin": 0.5}}
-ART_DEFENCES = {"ac", "ss", "strip"}
+ART_DEFENCES = {"ac", "ss", "ss-oracle", "strip"}
 SOURCES_3SC = [1, 2, 3]
 
 
@@ -90,7 +90,7 @@ ROW_NOTES = {
     "ci-raw": "ci-raw = CI on raw features (the paper)",
     "nc": "nc = Neural Cleanse (this package's, both frameworks)",
 }
-PER_IMAGE_FILTERS = {"ss", "strip"}  # name no class: judged on their filtering alone
+PER_IMAGE_FILTERS = {"ss", "ss-oracle", "strip"}  # name no class: judged on their filtering alone
 
 # verdict thresholds (the legend states them)
 CAUGHT_TPR, CAUGHT_FPR = 0.8, 0.05  # a per-image filter "caught" the poison
@@ -291,7 +291,8 @@ def format_summary(results: Sequence[ScenarioResult], demos: Sequence[DemoScenar
         f"alarm (c): on the clean model. SS and STRIP name no class: caught = TPR >= {CAUGHT_TPR}, "
         f"FPR <= {CAUGHT_FPR}; partial = TPR >= {PARTIAL_TPR}. Fine-pruning: ASR before->after, removed = ASR <= "
         f"{REMOVED_ASR}. "
-        f"SS is told the true poison share of class t (oracle).",
+        f"ss runs ART's default (expected_pp_poison=0.33); ss-oracle is told the true poison share of class t "
+        f"(oracle knowledge no defender has).",
         f"°: outside the defence's stated threat model ({threat})." if threat else "",
         "Rows: " + "; ".join(ROW_NOTES[d] for d in defences if d in ROW_NOTES) + "."
         if any(d in ROW_NOTES for d in defences) else "",
