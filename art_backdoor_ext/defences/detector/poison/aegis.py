@@ -85,9 +85,10 @@ class AEGISDefence(PoisonFilteringDefenceBase):
     ones, in a cluster of their own or in the translations' cluster; with weaker robust training and few poisoned
     images they mix with clean images in the same cluster, the masking test sees a diluted flip rate, and nothing
     is flagged. Measured (mnist-5k, robust compact CNN, seed 0): detected with the right target down to 40 poisoned
-    images (1%) for a distributed and 20 (0.5%) for a localised trigger at training radius 1.0 (8 epochs of 7 steps),
-    and for a 5% trigger at radii 0.5, 1.0 and 2.0 and with 5 epochs of 5 steps; missed: the distributed trigger at
-    20 images, and a 1% localised trigger under the weakest training (radius 0.5, 5 epochs of 5 steps). No clean
+    images (1%) for a distributed and a localised trigger at training radius 1.0 (8 epochs of 7 steps), and for a 5%
+    trigger at radii 0.5, 1.0 and 2.0 and with 5 epochs of 5 steps; missed: both triggers at 20 images (0.5%; the
+    localised one was detected before the random start), and a 1% localised trigger under the weakest training
+    (radius 0.5, 5 epochs of 5 steps). No clean
     robust model (5 seeds at radius 1.0; radii 0.5 and 2.0; 5 epochs of 5 steps) was flagged.
 
     **Reproduction at small scale** (issue 6: robust compact CNNs on mnist-5k, 1% localised trigger, 5 epochs of
