@@ -36,8 +36,6 @@ Usage: python benchmarks/neural_cleanse_speed.py [--epochs 40] [--steps-per-epoc
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import os
@@ -102,17 +100,6 @@ def run_ours(ctx, epochs: int, steps: int, batch_size: int) -> dict:
     }
 
 
-def softmax_twin(classifier):
-    """An ART KerasClassifier on the same layers (shared weights) with a softmax on the logits."""
-    import keras
-    from art.estimators.classification import KerasClassifier
-
-    model = classifier.model
-    out = keras.layers.Softmax(name="probabilities")(model.output)
-    twin = keras.Model(model.input, out, name=model.name + "_softmax")
-    return KerasClassifier(model=twin, use_logits=False, clip_values=(0.0, 1.0), channels_first=False)
-
-
 def run_art(ctx, epochs: int, steps: int, batch_size: int, norm: int = 1, restore_lr: bool = False) -> dict:
     """
     ART's NeuralCleanse through its public API. ``restore_lr``: after ART's ``reset()`` (called at the start of every
@@ -120,8 +107,10 @@ def run_art(ctx, epochs: int, steps: int, batch_size: int, norm: int = 1, restor
     every variable of the optimiser, ``learning_rate`` included, so as installed no mask or pattern ever moves.
     """
     import keras
-    from art.defences.transformer.poisoning import NeuralCleanse
     from art.utils import to_categorical
+
+    from art_backdoor_ext.estimators import get_adapter
+    from art_backdoor_ext.registry.neural_cleanse import art_neural_cleanse
 
     rng = np.random.default_rng(0)
     idx = rng.choice(len(ctx.x_train), size=steps * batch_size, replace=False)
@@ -131,31 +120,9 @@ def run_art(ctx, epochs: int, steps: int, batch_size: int, norm: int = 1, restor
     keras.utils.set_random_seed(0)
     load0 = load_average()
     start = time.perf_counter()
-    twin = softmax_twin(ctx.classifier)
-    nc = NeuralCleanse(twin)(twin, steps=epochs, init_cost=1e-3, norm=norm, learning_rate=0.1,
-                              attack_success_threshold=0.99, patience=5, early_stop=True, early_stop_threshold=0.99,
-                              early_stop_patience=10, cost_multiplier=1.5, batch_size=batch_size)
-    masks, per_class = {}, {}
-    original = nc.generate_backdoor
-
-    def recording(x, y, y_target):  # ART's own method, timed and its mask kept (outlier_detection keeps no norms)
-        t0 = time.perf_counter()
-        mask, pattern = original(x, y, y_target)
-        cls = int(np.argmax(y_target))
-        masks[cls], per_class[cls] = mask, time.perf_counter() - t0
-        return mask, pattern
-
-    nc.generate_backdoor = recording
-    if restore_lr:
-        art_reset = nc.reset
-
-        def reset():
-            art_reset()
-            nc.opt.learning_rate.assign(nc.learning_rate)
-
-        nc.reset = reset
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        flagged = nc.outlier_detection(x_val, y_val)  # ART prints every batch's accuracy
+    twin = get_adapter(ctx.classifier).art_neural_cleanse_classifier()
+    flagged, masks, per_class, nc = art_neural_cleanse(twin, x_val, y_val, nb_epochs=epochs, batch_size=batch_size,
+                                                       norm=norm, restore_learning_rate=restore_lr)
     seconds = time.perf_counter() - start
     norms = np.array([float(np.sum(np.abs(masks[c]))) for c in range(ctx.nb_classes)])
     index = mad_index(norms)

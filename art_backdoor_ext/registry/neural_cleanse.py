@@ -42,6 +42,50 @@ def _mad_index(norms: np.ndarray) -> np.ndarray:
     return (norms - median) / mad if mad > 0 else np.full(len(norms), np.nan)
 
 
+def art_neural_cleanse(twin, x_val: np.ndarray, y_val: np.ndarray, nb_epochs: int, batch_size: int,
+                       init_cost: float = 1e-3, learning_rate: float = 0.1, norm: int = 1,
+                       restore_learning_rate: bool = True) -> Tuple[list, Dict[int, np.ndarray], Dict[int, float], Any]:
+    """
+    Run ART's ``NeuralCleanse`` transformer on ``twin`` (an ART ``KerasClassifier`` with probability outputs, see the
+    adapters' ``art_neural_cleanse_classifier``) over ``x_val`` / one-hot ``y_val``, with ART's defaults but the given
+    settings, and keep what ART does not return: each label's mask and the seconds its reverse engineering took.
+    ``restore_learning_rate``: set the optimiser's rate back after ART's ``reset()`` (see :func:`_art_neural_cleanse`).
+
+    :return: ``(flagged, masks, seconds, nc)``: ART's ``outlier_detection`` list of ``(label, norm, anomaly)``, the mask
+             and the seconds per label, and ART's ``KerasNeuralCleanse`` object.
+    """
+    import time
+
+    from art.defences.transformer.poisoning import NeuralCleanse
+
+    nc = NeuralCleanse(twin)(twin, steps=nb_epochs, init_cost=init_cost, norm=norm, learning_rate=learning_rate,
+                              attack_success_threshold=0.99, patience=5, early_stop=True, early_stop_threshold=0.99,
+                              early_stop_patience=10, cost_multiplier=1.5, batch_size=batch_size)
+    masks: Dict[int, np.ndarray] = {}
+    seconds: Dict[int, float] = {}
+    generate = nc.generate_backdoor
+
+    def keep_mask(x, y, y_target):  # ART keeps no norms: record each label's mask as ART computes it
+        start = time.perf_counter()
+        mask, pattern = generate(x, y, y_target)
+        label = int(np.argmax(y_target))
+        masks[label], seconds[label] = np.asarray(mask), time.perf_counter() - start
+        return mask, pattern
+
+    nc.generate_backdoor = keep_mask
+    if restore_learning_rate:
+        reset = nc.reset
+
+        def reset_keeping_rate():
+            reset()
+            nc.opt.learning_rate.assign(nc.learning_rate)
+
+        nc.reset = reset_keeping_rate
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # ART prints every step
+        flagged = nc.outlier_detection(x_val, y_val)
+    return flagged, masks, seconds, nc
+
+
 @register_defence("nc-art")
 def _art_neural_cleanse(ctx: ScenarioContext, nb_epochs: int = 40, steps_per_epoch: int = 5, batch_size: int = 32,
                         init_cost: float = 1e-3, learning_rate: float = 0.1, norm: int = 1,
@@ -60,8 +104,6 @@ def _art_neural_cleanse(ctx: ScenarioContext, nb_epochs: int = 40, steps_per_epo
     nothing is flagged (``benchmarks/results/neural_cleanse_speed.md``); the row sets the rate back after each reset.
     ``False`` runs ART exactly as installed. Raises ``ValueError`` on a non-Keras classifier.
     """
-    from art.defences.transformer.poisoning import NeuralCleanse
-
     nb_epochs = check_int("nb_epochs", nb_epochs, low=1)
     steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, low=1)
     batch_size = check_int("batch_size", batch_size, low=1)
@@ -76,29 +118,9 @@ def _art_neural_cleanse(ctx: ScenarioContext, nb_epochs: int = 40, steps_per_epo
     x_val = np.asarray(ctx.x_train[idx], np.float32)
     y_val = np.eye(ctx.nb_classes, dtype=np.float32)[ctx.y_train[idx]]
     with adapter.seeded(ctx.scenario.seed):
-        nc = NeuralCleanse(twin)(twin, steps=nb_epochs, init_cost=init_cost, norm=norm, learning_rate=learning_rate,
-                                  attack_success_threshold=0.99, patience=5, early_stop=True,
-                                  early_stop_threshold=0.99, early_stop_patience=10, cost_multiplier=1.5,
-                                  batch_size=batch_size)
-        masks: Dict[int, np.ndarray] = {}
-        generate = nc.generate_backdoor
-
-        def keep_mask(x, y, y_target):  # ART keeps no norms: record each label's mask as ART computes it
-            mask, pattern = generate(x, y, y_target)
-            masks[int(np.argmax(y_target))] = np.asarray(mask)
-            return mask, pattern
-
-        nc.generate_backdoor = keep_mask
-        if restore_learning_rate:
-            reset = nc.reset
-
-            def reset_keeping_rate():
-                reset()
-                nc.opt.learning_rate.assign(nc.learning_rate)
-
-            nc.reset = reset_keeping_rate
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # ART prints every step
-            flagged = nc.outlier_detection(x_val, y_val)
+        flagged, masks, _, _ = art_neural_cleanse(twin, x_val, y_val, nb_epochs=nb_epochs, batch_size=batch_size,
+                                                  init_cost=init_cost, learning_rate=learning_rate, norm=norm,
+                                                  restore_learning_rate=restore_learning_rate)
     norms = np.array([float(np.sum(np.abs(masks[c]))) for c in range(ctx.nb_classes)])
     index = _mad_index(norms)
     suspected = sorted(int(c) for c, _, _ in flagged)
