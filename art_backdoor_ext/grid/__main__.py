@@ -24,6 +24,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="recompute everything, overwriting the cache")
     parser.add_argument("--no-plot", action="store_true", help="skip the error-bar plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-task log lines")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="compute nothing: tables from the results the cache holds (a partial grid)")
     args = parser.parse_args(argv)
 
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -35,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with logging_redirect_tqdm():
             result = run_grid(args.spec, cache=args.cache, backend=args.backend, out=args.out, force=args.force,
                               workers=args.workers, address=args.address, verbose=not args.quiet,
-                              plot=not args.no_plot)
+                              plot=not args.no_plot, cached_only=args.cached_only)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     print(result.table())

@@ -88,7 +88,8 @@ def _run_local(jobs, cache: GridCache, verbose: bool, done: Callable[[int, Dict[
 
 def run_grid(spec: Union[str, Mapping[str, Any], GridSpec], cache: Union[str, GridCache] = DEFAULT_CACHE,
              backend: str = "local", out: Optional[str] = None, force: bool = False, workers: Optional[int] = None,
-             address: Optional[str] = None, verbose: bool = True, plot: bool = True) -> GridResult:
+             address: Optional[str] = None, verbose: bool = True, plot: bool = True,
+             cached_only: bool = False) -> GridResult:
     """
     Run a grid: validate the spec (before anything is trained), take every valid result from the cache, compute the
     missing tasks scenario by scenario on the backend, and aggregate the statistics over seeds.
@@ -103,6 +104,8 @@ def run_grid(spec: Union[str, Mapping[str, Any], GridSpec], cache: Union[str, Gr
     :param address: ``ray``: the address of an existing Ray cluster (``"auto"`` for the one this machine belongs to).
     :param verbose: Progress bar over tasks and a log line per finished task.
     :param plot: Write the error-bar plot with the tables.
+    :param cached_only: Compute nothing: aggregate the results the cache holds (a partial grid's tables; the missing
+                        tasks are left out of every cell and counted in the log).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
@@ -110,6 +113,8 @@ def run_grid(spec: Union[str, Mapping[str, Any], GridSpec], cache: Union[str, Gr
         raise ValueError(f"workers must be a positive integer, got {workers!r}.")
     if backend == "local" and (workers not in (None, 1) or address is not None):
         raise ValueError("workers and address apply to the ray backend; the local backend runs one task at a time.")
+    if cached_only and force:
+        raise ValueError("cached_only computes nothing and force recomputes everything: give one of them.")
     grid = load_spec(spec)
     if isinstance(cache, GridCache):
         cache.force = cache.force or force
@@ -132,7 +137,10 @@ def run_grid(spec: Union[str, Mapping[str, Any], GridSpec], cache: Union[str, Gr
             logger.info(_summary(tasks[i], payload))
 
     try:
-        if missing:
+        if missing and cached_only:
+            logger.warning("Grid %s: %d of %d tasks not in the cache, left out (cached_only).", grid.name,
+                           len(missing), len(tasks))
+        elif missing:
             run = _run_local if backend == "local" else _run_ray
             run(_jobs(tasks, missing), cache, verbose=verbose, done=done, workers=workers, address=address)
     finally:

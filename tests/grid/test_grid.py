@@ -69,6 +69,17 @@ def test_rerun_takes_everything_from_the_cache(full):
     assert again.table() == first.table()
 
 
+def test_cached_only_reports_a_partial_grid_without_computing(full):
+    folder, first = full
+    more = {**SPEC, "seeds": [0, 1, 2]}
+    partial = run_grid(more, cache=folder, verbose=False, plot=False, cached_only=True)
+    assert _work(partial) == {"defence_hit": NB_TASKS}  # nothing trained, poisoned or computed
+    assert sum(p is None for p in partial.payloads) == len(partial.payloads) - NB_TASKS
+    assert partial.table() == first.table()  # the missing seed is left out of every cell
+    with pytest.raises(ValueError, match="cached_only"):
+        run_grid(more, cache=folder, verbose=False, plot=False, cached_only=True, force=True)
+
+
 def test_interrupted_grid_resumes_with_only_the_missing_tasks(full, tmp_path, monkeypatch):
     calls = []
     real = grid_tasks.run_defences
