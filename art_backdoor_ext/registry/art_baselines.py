@@ -373,11 +373,16 @@ def provenance(ctx: ScenarioContext, nb_sources: int = 5, nb_trusted: int = 100,
         accuracies.append(acc)
         return acc
 
-    # ART deep-copies the classifier it is given (optimiser state included); after ART's get_activations (AC, SS) a
-    # PyTorchClassifier holds the hooked layer outputs (``_features``, non-leaf tensors) that deepcopy refuses, so ART
-    # gets a deep copy made here with that cache left empty (ctx.classifier itself is not changed)
+    # ART deep-copies the classifier it is given (optimiser state included), twice per source. After ART's
+    # get_activations (AC, SS) a PyTorchClassifier holds hooked layer outputs (``_features``) that deepcopy refuses: ART
+    # gets a deep copy made here with that cache left empty. A trained Keras model holds traced functions that cannot
+    # be copied at all: ART then gets a copy with the same weights and a fresh optimiser from the adapter, which ART
+    # can copy. ctx.classifier itself is not changed.
     features = getattr(ctx.classifier, "_features", None)
-    classifier = copy.deepcopy(ctx.classifier, memo={} if features is None else {id(features): {}})
+    try:
+        classifier = copy.deepcopy(ctx.classifier, memo={} if features is None else {id(features): {}})
+    except TypeError:
+        classifier = get_adapter(ctx.classifier).clone()
     defence = _provenance_defence_class()(classifier, ctx.x_train, np.eye(ctx.nb_classes)[ctx.y_train],
                                           np.eye(nb_sources)[sources], x_val=ctx.x_test[:nb_trusted],
                                           y_val=np.asarray(ctx.y_test[:nb_trusted]), eps=eps, perf_func=accuracy)
