@@ -147,7 +147,25 @@ class DefenceResult:
         """A JSON-safe dict of the table fields (numpy scalars converted; the raw report and marking left out)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name not in ("report", "is_clean")}
-        return json.loads(json.dumps(fields, default=_json_default))
+        return to_json_safe(fields)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "DefenceResult":
+        """The row back from :meth:`as_dict` (e.g. a grid result read from its cache); ``None`` rates become NaN."""
+        if not isinstance(data, dict) or "defence" not in data:
+            raise ValueError(f"data must be a dict written by DefenceResult.as_dict(), got {type(data).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)} - {"report", "is_clean"}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for k in ("tpr", "fpr_target", "fpr", "seconds", "clean_accuracy", "asr"):
+            if kwargs.get(k) is None:
+                kwargs[k] = float("nan")
+        kwargs["extra"] = dict(kwargs.get("extra") or {})
+        return cls(**kwargs)
+
+
+def to_json_safe(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists (anything else unknown: ``str``)."""
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:

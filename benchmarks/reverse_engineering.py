@@ -17,7 +17,13 @@ one retrained model.
 Poisoned images per source class scale the paper's 500 / 200 / 60 (of 5,000 per CIFAR-10 class) to the ~400 images
 per mnist-5k class, with a floor so that the small CNN can learn the trigger at all (see ``--n-per-source``).
 
+The experiment is a grid (:func:`art_backdoor_ext.grid.run_grid`): the command line builds its spec (``--print-spec``
+shows it; ``benchmarks/grids/reverse_engineering_compact.yaml`` is the default one), the grid cache resumes an
+interrupted run and ``--seeds`` repeats it over training seeds; this script renders the tables and plots from the rows
+(their ``details`` hold the RE report's cleansing fields, statistics and patterns).
+
 Usage: python benchmarks/reverse_engineering.py [--quick] [--width compact|wide] [--patterns A C] [--configs 3SC]
+[--seeds N] [--cache DIR] [--backend ray] [--print-spec]
 """
 from __future__ import annotations
 
@@ -25,13 +31,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
 import numpy as np
 
-from art_backdoor_ext.evaluation import (DEFENCES, Scenario, format_value, load_results,
-                                         run_scenario, save_results)
+from art_backdoor_ext.evaluation import DEFENCES, Scenario, format_value, load_results, save_results
+from art_backdoor_ext.grid import run_grid
 
 CONFIG_SOURCES = {"1SC": [1], "3SC": [1, 2, 3], "9SC": None}
 DEFAULT_N = {"1SC": 100, "3SC": 50, "9SC": 20}
@@ -42,16 +47,20 @@ ATTACKS = {**{p: f"pattern-{p}" for p in "ABCDEF"}, "A6": "chessboard-patch"}
 PLOTTED = {("A6", "3SC"), ("C", "3SC"), ("clean", "-")}
 
 
-def save_plots(ctx, report, prefix: str) -> None:
+def save_plots(details, prefix: str) -> None:
     """The paper's Figures 2 and 15 for one scenario: recovered vs true pattern, reciprocal statistics + Gamma null."""
     import matplotlib.pyplot as plt
 
     from art_backdoor_ext.plotting import plot_pattern_comparison, plot_reciprocal_statistics
 
-    if report["pattern"] is not None:
-        true = getattr(ctx.trigger, "pattern", None)
-        fig = plot_pattern_comparison(report["pattern"], true, title=f"recovered ({report['source_class']}->"
-                                                                      f"{report['target_class']})")
+    report = dict(details)  # read back from JSON: class keys are strings, arrays lists
+    report["class_p_values"] = {int(c): v for c, v in report["class_p_values"].items()}
+    report["null_params"] = {int(c): v for c, v in report["null_params"].items()}
+    if report.get("pattern") is not None:
+        true = report.get("trigger_pattern")
+        fig = plot_pattern_comparison(np.asarray(report["pattern"], np.float32),
+                                      None if true is None else np.asarray(true, np.float32),
+                                      title=f"recovered ({report['source_class']}->{report['target_class']})")
         fig.savefig(prefix + "_pattern.png", dpi=110)
         plt.close(fig)
     fig = plot_reciprocal_statistics(report)
@@ -70,22 +79,6 @@ def _config(scenario: Scenario) -> str:
         return "-"
     sources = None if scenario.sources is None else list(scenario.sources)
     return {str(v): k for k, v in CONFIG_SOURCES.items()}.get(str(sources), str(sources))
-
-
-RE_EXTRA = ("cleansing", "cleansing_scale", "cleansing_reliable", "cleansing_notes", "relative_margin",
-            "dismissed_classes", "norm_ratios", "seconds_estimation")
-
-
-def _add_cleansing_notes(row) -> None:
-    """Keep the RE report's cleansing details in the row's ``extra`` (and the scale / verdict in its notes)."""
-    rep = row.report
-    row.extra.update({k: rep.get(k) for k in RE_EXTRA if k in rep})
-    if rep.get("cleansing_scale") is not None:
-        row.notes += f", alpha {rep['cleansing_scale']:.2g}"
-    if rep.get("cleansing_reliable") is False:
-        row.notes += ", cleansing unreliable"
-    if rep.get("dismissed_classes"):
-        row.notes += f", dismissed {rep['dismissed_classes']}"
 
 
 def table(entries) -> str:
@@ -181,6 +174,42 @@ def comparison(old_path: str, new_path: str, defences=("re", "re-paper")) -> str
     return "\n".join(lines)
 
 
+def build_spec(args) -> dict:
+    """The grid spec of the command line: one attack entry per (pattern, config), labelled ``"<pattern> <config>"``."""
+    defences = args.defences or [d for d in ("re", "re-paper", "ci", "ac", "ss") if d in DEFENCES]
+    n_per = dict(DEFAULT_N)
+    if args.n_per_source:
+        n_per = dict(zip(["1SC", "3SC", "9SC"], args.n_per_source))
+    runs = [(p, c) for p in args.patterns for c in args.configs]
+    if not args.no_clean:
+        runs.append(("clean", "-"))
+    if args.quick:
+        runs = [("A6", "3SC"), ("clean", "-")]
+    attacks = []
+    for pattern, config in runs:
+        if pattern == "clean":
+            attacks.append({"attack": "clean"})
+        else:
+            attacks.append({"attack": ATTACKS[pattern], "label": f"{pattern} {config}", "target": args.target,
+                            "sources": None if CONFIG_SOURCES[config] is None else list(CONFIG_SOURCES[config]), "n_per_source": n_per[config]})
+    return {"name": f"reverse-engineering-{args.width}{'-quick' if args.quick else ''}", "dataset": "mnist-5k",
+            "framework": "pytorch", "width": args.width, "nb_epochs": args.epochs,
+            "seeds": list(range(args.seed, args.seed + args.seeds)), "attacks": attacks,
+            "defences": {d: {} for d in defences}, "retrain": True if args.retrain is None else args.retrain}
+
+
+def entries_of(result):
+    """``(pattern, config, ScenarioResult)`` per scenario of a finished grid, in the usual pattern / config order."""
+    order = {p: i for i, p in enumerate(["A", "B", "C", "D", "E", "F", "A6", "clean"])}
+    corder = {c: i for i, c in enumerate(["1SC", "3SC", "9SC", "-"])}
+    entries = []
+    for label, res in result.scenario_results():
+        pattern, config = (label.split(" ") + ["-"])[:2] if label != "clean" else ("clean", "-")
+        entries.append((pattern, config, res))
+    return sorted(entries, key=lambda e: (order.get(e[0], len(order)), corder.get(e[1], len(corder)),
+                                          e[2].scenario.seed))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="two scenarios only (A6 3SC, clean)")
@@ -195,12 +224,13 @@ def main(argv=None) -> None:
     parser.add_argument("--n-per-source", nargs=3, type=int, default=None, metavar=("N1SC", "N3SC", "N9SC"))
     parser.add_argument("--retrain", nargs="*", default=None,
                         help="defences whose cleansed sets are retrained on (default: all; none: --retrain)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first training seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--cache", default=".grid-cache", help="grid cache folder (an interrupted run resumes)")
+    parser.add_argument("--backend", default="local", choices=["local", "ray"])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the scenarios already in <out>.json and run only the missing ones (tables in the "
-                             "usual pattern / config order)")
+    parser.add_argument("--print-spec", action="store_true", help="only print the grid spec (YAML) and exit")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only re-render the Markdown tables of a results file written by this script")
     parser.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"), default=None,
@@ -214,66 +244,34 @@ def main(argv=None) -> None:
         with open(args.render[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
             f.write(table(entries) + "\n\n" + summary(entries) + "\n")
         return
+    spec = build_spec(args)
+    if args.print_spec:
+        import yaml
+
+        print(yaml.safe_dump(spec, sort_keys=False))
+        return
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    defences = args.defences or [d for d in ("re", "re-paper", "ci", "ac", "ss") if d in DEFENCES]
-    n_per = dict(DEFAULT_N)
-    if args.n_per_source:
-        n_per = dict(zip(["1SC", "3SC", "9SC"], args.n_per_source))
-    runs = [(p, c) for p in args.patterns for c in args.configs]
-    if not args.no_clean:
-        runs.append(("clean", "-"))
-    if args.quick:
-        runs = [("A6", "3SC"), ("clean", "-")]
     out = args.out or f"benchmarks/results/reverse_engineering{'_quick' if args.quick else ''}_{args.width}"
     start = time.perf_counter()
-    entries, results = [], []
-    if args.resume and os.path.exists(out + ".json"):
-        results = load_results(out + ".json")
-        entries = [(_label(res.scenario), _config(res.scenario), res) for res in results]
-        done = {(p, c) for p, c, _ in entries}
-        print(f"resuming: {len(done)} scenarios already in {out}.json", file=sys.stderr, flush=True)
-        runs = [run for run in runs if run not in done]
-    order = {p: i for i, p in enumerate(["A", "B", "C", "D", "E", "F", "A6", "clean"])}
-    corder = {c: i for i, c in enumerate(["1SC", "3SC", "9SC", "-"])}
-
-    def _key(entry):
-        return order.get(entry[0], len(order)), corder.get(entry[1], len(corder))
-
-    for pattern, config in runs:
-        if pattern == "clean":
-            sc = Scenario(dataset="mnist-5k", attack=None, width=args.width, nb_epochs=args.epochs, seed=args.seed)
-        else:
-            sc = Scenario(dataset="mnist-5k", attack=ATTACKS[pattern], target=args.target,
-                          sources=CONFIG_SOURCES[config], n_per_source=n_per[config], width=args.width,
-                          nb_epochs=args.epochs, seed=args.seed)
-        res = run_scenario(sc, defences=defences, retrain=True if args.retrain is None else args.retrain,
-                           keep_context=True)
-        for row in res.rows:
-            if row.defence in ("re", "re-paper") and row.report:
-                _add_cleansing_notes(row)
-        re_rows = [row for row in res.rows if row.defence == "re"]
-        if re_rows and (pattern, config) in PLOTTED:
-            save_plots(res.context, re_rows[0].report, f"{out}_{pattern}_{config}".replace("_-", ""))
-        res.context = None
-        entries.append((pattern, config, res))
-        results.append(res)
-        if args.resume:
-            entries.sort(key=_key)
-            results = [e[2] for e in entries]
-        print(f"[{time.perf_counter() - start:.0f}s] {pattern} {config}: acc {res.clean_accuracy:.3f} ASR "
-              f"{res.asr:.3f}", file=sys.stderr, flush=True)
-        # keep partial results on disk (long runs)
-        save_results(results, out)
-        with open(out + ".md", "w", encoding="utf-8") as f:
-            f.write(table(entries) + "\n\n" + summary(entries) + "\n")
-    meta = {"width": args.width, "epochs": args.epochs, "n_per_source": n_per, "defences": defences,
-            "retrain": defences if args.retrain is None else args.retrain,
-            "total_seconds": time.perf_counter() - start, "load_average_end": os.getloadavg()}
+    result = run_grid(spec, cache=args.cache, backend=args.backend)
+    entries = entries_of(result)
+    for pattern, config, res in entries:
+        re_row = next((r for r in res.rows if r.defence == "re"), None)
+        if re_row is not None and "reciprocal_statistics" in re_row.extra and (pattern, config) in PLOTTED \
+                and res.scenario.seed == args.seed:
+            save_plots(re_row.extra, f"{out}_{pattern}_{config}".replace("_-", ""))
+    results = [res for _, _, res in entries]
+    save_results(results, out)
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(table(entries) + "\n\n" + summary(entries) + "\n")
+    meta = {"width": args.width, "epochs": args.epochs, "spec": spec,
+            "total_seconds": time.perf_counter() - start, "load_average_end": os.getloadavg(),
+            "work": result.counts}
     with open(out + "_meta.json", "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
     print(table(entries) + "\n\n" + summary(entries))

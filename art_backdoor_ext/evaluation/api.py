@@ -14,6 +14,10 @@ defences are looked up by name in two registries, so a new method adds a row wit
     def _my_repair(ctx: ScenarioContext, **kwargs):
         return new_classifier, report           # a defence that returns a repaired classifier
 
+A report may carry ``"details"``: a small dict of JSON-safe diagnostics (numbers, lists, short strings) that the runner
+copies into the row's ``extra``, so they survive :meth:`~art_backdoor_ext.metrics.DefenceResult.as_dict`, the grid's
+cache and :meth:`art_backdoor_ext.grid.GridResult.scenario_results` (what a benchmark renderer reads back).
+
 and lists its module in :mod:`art_backdoor_ext.evaluation.runner`'s imports (see ``docs/architecture.md``).
 """
 from __future__ import annotations
@@ -327,9 +331,8 @@ def load_results(path: str) -> List[ScenarioResult]:
     """Read back the results :func:`save_results` wrote to ``<prefix>.json`` (to re-render tables, not re-run)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    fields = {f.name for f in dataclasses.fields(DefenceResult)}
     return [ScenarioResult(Scenario(**d["scenario"]), d["clean_accuracy"], d["asr"], d["train_seconds"],
-                           [DefenceResult(**{k: v for k, v in row.items() if k in fields}) for row in d["rows"]])
+                           [DefenceResult.from_dict(row) for row in d["rows"]])
             for d in data]
 
 

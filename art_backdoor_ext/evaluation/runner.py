@@ -22,6 +22,7 @@ from art_backdoor_ext.registry import (  # noqa: F401  pylint: disable=unused-im
     cluster_impurity,
     fine_pruning,
     neural_cleanse,
+    reference,
     reverse_engineering,
     strip,
 )
@@ -38,7 +39,7 @@ from art_backdoor_ext.evaluation.api import (
     get_defence,
 )
 from art_backdoor_ext.layout import framework_channels_first
-from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates
+from art_backdoor_ext.metrics import DefenceResult, accuracy, filtering_rates, to_json_safe
 from art_backdoor_ext.utils import as_class_list, check_bool, check_choice, check_int, check_seed
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,9 @@ def run_defences(ctx: ScenarioContext, defences: Iterable[str] = ("ac", "ss"),
             row = DefenceResult(name, report.get("detected"), report.get("target_class"), seconds=seconds,
                                 clean_accuracy=accuracy(model, ctx.x_test, ctx.y_test), asr=ctx.asr_of(model),
                                 notes=report.get("notes", ""), report=report)
+        details = report.get("details")
+        if details:  # JSON-safe diagnostics a renderer reads back (kept by as_dict and by the grid's cache)
+            row.extra.update(to_json_safe(details))
         rows.append(row)
     return rows
 

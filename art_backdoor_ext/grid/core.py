@@ -13,8 +13,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from art_backdoor_ext.evaluation.api import Scenario
+from art_backdoor_ext.evaluation.api import Scenario, ScenarioResult
 from art_backdoor_ext.grid.cache import GridCache
+from art_backdoor_ext.metrics import DefenceResult
 from art_backdoor_ext.grid.report import aggregate, format_grid_table, save_grid_results
 from art_backdoor_ext.grid.spec import GridSpec, GridTask, load_spec
 from art_backdoor_ext.grid.tasks import run_scenario_tasks
@@ -50,6 +51,23 @@ class GridResult:
     def task_rows(self) -> List[Dict[str, Any]]:
         """One JSON-safe dict per task: its cell, seed and payload."""
         return [{"cell": t.cell, "seed": t.scenario.seed, **(p or {})} for t, p in zip(self.tasks, self.payloads)]
+
+    def scenario_results(self) -> List[Tuple[str, ScenarioResult]]:
+        """
+        The grid as the harness's results: one ``(label, ScenarioResult)`` per scenario (seed), in grid order, its
+        rows rebuilt from the payloads (a row's ``extra`` holds the defence's ``details``; raw reports and markings
+        are not kept). What a benchmark's renderer reads; scenarios with no computed task are left out.
+        """
+        out: Dict[str, Tuple[str, ScenarioResult]] = collections.OrderedDict()
+        for task, payload in zip(self.tasks, self.payloads):
+            if payload is None:
+                continue
+            key = repr((task.label, dataclasses.asdict(task.scenario)))
+            if key not in out:
+                out[key] = (task.label, ScenarioResult(task.scenario, payload["clean_accuracy"], payload["asr"],
+                                                       payload["train_seconds"], []))
+            out[key][1].rows.append(DefenceResult.from_dict(payload["row"]))
+        return list(out.values())
 
     def save(self, path_prefix: str, plot: bool = True) -> Tuple[str, ...]:
         """Write ``<prefix>.md``, ``<prefix>.json`` and (``plot``) ``<prefix>.png``."""

@@ -23,7 +23,7 @@ def plot_impurity(report: Dict[str, Any], threshold: Optional[float] = None, ax=
 
     if not isinstance(report, dict) or "per_class" not in report:
         raise ValueError("report must be the dict returned by ClusterImpurityDefence.detect_poison().")
-    per_class = report["per_class"]
+    per_class = {int(c): v for c, v in report["per_class"].items()}  # class keys may be strings (read from JSON)
     threshold = report.get("threshold", 0.5) if threshold is None else threshold
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(per_class) + 2), 3.4))

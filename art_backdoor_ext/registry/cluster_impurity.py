@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import numpy as np
 
 from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
 
@@ -19,7 +20,29 @@ def _run(ctx: ScenarioContext, **kwargs: Any):
     comps = report["nb_components"]
     report = dict(report)
     report["notes"] = "components/class " + ",".join(str(comps[c]) for c in sorted(comps))
+    report["details"] = _details(ctx, report)
     return report, is_clean
+
+
+def _details(ctx: ScenarioContext, report: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    What the cluster-impurity benchmark renders: components and largest impurity per class, every component's
+    impurity and size (for :func:`~art_backdoor_ext.plotting.plot_impurity`), and the blur flip rate (the fraction of
+    images whose prediction the blur changes: CI's premise) of the poisoned images and of each class's clean images.
+    """
+    changed = np.asarray(report["prediction_changed"], bool)
+    clean = ~np.asarray(ctx.is_poison, bool)
+    flip_clean = [float(changed[clean & (ctx.y_train == c)].mean()) if np.any(clean & (ctx.y_train == c))
+                  else float("nan") for c in range(ctx.nb_classes)]
+    keep = ("nb_images", "nb_components", "impurities", "component_sizes", "flagged_components")
+    return {
+        "nb_components": report["nb_components"], "max_impurity": report["max_impurity"],
+        "per_class": {c: {k: pc[k] for k in keep if k in pc} for c, pc in report["per_class"].items()},
+        "threshold": report.get("threshold"), "reduce": report.get("reduce"), "nb_dims": report.get("nb_dims"),
+        "layer": report.get("layer"),
+        "flip_poison": float(changed[~clean].mean()) if (~clean).any() else float("nan"),
+        "flip_clean_by_class": flip_clean,
+    }
 
 
 @register_defence("ci")

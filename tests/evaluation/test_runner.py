@@ -129,3 +129,15 @@ def test_an_attack_that_trains_the_model(digits):
     with pytest.raises(ValueError, match="regularization"):
         run_scenario(Scenario(dataset="digits", attack="adversarial-embedding", attack_kwargs={"lam": 1}),
                      defences=[], data=digits)
+
+
+def test_reference_rows_the_backdoor_and_the_clean_model(digits):
+    """``none`` is the scenario's model as trained; ``clean-reference`` a clean model of the same seed, which the
+    trigger does not fool."""
+    sc = Scenario(dataset="digits", attack="localised", target=1, sources=[2, 3], n_per_source=40, nb_epochs=6)
+    res = run_scenario(sc, defences=["none", "clean-reference"], data=digits)
+    own, ref = res.rows
+    assert own.clean_accuracy == res.clean_accuracy and own.asr == res.asr and own.detected is None
+    assert res.asr > 0.8 and ref.asr < 0.2 and ref.clean_accuracy > 0.8
+    assert own.extra["nb_poison"] == ref.extra["nb_poison"] == 80 and own.extra["pattern_l2"] is None
+    assert own.as_dict()["extra"]["nb_poison"] == 80  # the details survive as_dict (the grid's cache)

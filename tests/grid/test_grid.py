@@ -351,3 +351,38 @@ def test_shipped_grid_specs_are_valid():
     assert specs
     for name in specs:
         assert load_spec(os.path.join(folder, name)).tasks()
+
+
+def test_scenario_results_rebuild_the_harness_rows(full):
+    """A benchmark renderer reads the grid back as the harness's ScenarioResults, identical from the cache."""
+    folder, first = full
+    again = run_grid(SPEC, cache=folder, verbose=False, plot=False)
+    pairs = first.scenario_results()
+    assert [label for label, _ in pairs] == ["clean", "clean", "localised", "localised"]
+    assert [res.scenario.seed for _, res in pairs] == [0, 1, 0, 1]
+    for (_, a), (_, b), payloads in zip(pairs, again.scenario_results(), zip(*[iter(first.payloads)] * 2)):
+        assert [r.defence for r in a.rows] == ["ac", "ss"]
+        assert [r.as_dict() for r in a.rows] == [r.as_dict() for r in b.rows] == [p["row"] for p in payloads]
+        assert a.asr == payloads[0]["asr"] or (np.isnan(a.asr) and not a.scenario.poisoned)
+
+
+def test_defence_details_survive_the_cache(tmp_path):
+    """CI's diagnostics (``report["details"]``) reach the row's ``extra`` and come back unchanged from the cache."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from art_backdoor_ext.plotting import plot_impurity
+
+    spec = {**SPEC, "seeds": [0], "attacks": SPEC["attacks"][1:], "nb_epochs": 3, "defences": {"ci": {}}}
+    first = run_grid(spec, cache=str(tmp_path), verbose=False, plot=False)
+    again = run_grid(spec, cache=str(tmp_path), verbose=False, plot=False)
+    assert _work(again) == {"defence_hit": 1}
+    (_, res), = first.scenario_results()
+    (_, res2), = again.scenario_results()
+    d = res.rows[0].extra
+    assert d == res2.rows[0].extra
+    assert set(d["nb_components"]) == {str(c) for c in range(10)}
+    assert 0.0 <= d["flip_poison"] <= 1.0 and len(d["flip_clean_by_class"]) == 10
+    assert sum(sum(pc["component_sizes"]) for pc in d["per_class"].values()) == first.payloads[0]["nb_train"]
+    fig = plot_impurity(d)  # class keys read back from JSON as strings
+    assert fig.axes
