@@ -1,20 +1,23 @@
 """
-AEGIS benchmark (issue 6): the paper's Tables 5, 6, 11 and 12 at small scale on mnist-5k, plus RQ3.
+AEGIS benchmark: does AEGIS find backdoors in adversarially robust models, without flagging clean ones, and where
+does it stop working?
 
-Robust compact PyTorch CNNs (L2 PGD adversarial training, eps 0.5) are trained on mnist-5k poisoned towards class 7
-with a visible localised trigger (1% of the training set, the paper's rate), a visible distributed trigger (1%),
-Zhong et al.'s invisible static trigger and their adversarial trigger (``--invisible-fraction``, default 10%; the
-paper poisoned 30% for static), and a clean robust model. AEGIS runs on each with the same parameters (never tuned per
-model). Per model: clean accuracy, ASR, cluster count per class under AEGIS's default rule (training clusters count
-as one, each cluster made mostly of translated images counts) and under the literal rule of Algorithm 1 (every
-cluster counts, from the same run), detection, target class, false-positive classes (suspected classes other than the
-target), where the target class's poisoned training images ended up, training and AEGIS wall time.
+Default mode (issue 14; writes ``benchmarks/results/aegis.{md,json}`` and ``aegis_boundary.png``): the grids
+``benchmarks/grids/aegis_validation.yaml`` (robust compact CNNs, L2 PGD eps 1.0, 7 steps, 8 epochs; clean, distributed
+5% and localised 5% backdoors towards class 7; ``--models`` training seeds) and the boundary grids ``aegis_boundary_*``
+/ ``aegis_short*`` (seed 0: lower poisoning rates, other training radii, shorter training), each run through
+:func:`art_backdoor_ext.grid.run_grid` (models and results cached under ``--cache``, an interrupted run resumes,
+``--backend ray`` spreads it). AEGIS runs once per model with its defaults; the harness row's details carry every
+decision rule's outcome from that one run (the default masking rule, Algorithm 1's literal rule, and the alternatives
+in :mod:`art_backdoor_ext.registry.aegis`), the training sub-clusters, and ART's AC and SS (oracle) on the same model.
 
-RQ3 (``--rq3``): the RE defence (registered as ``"re"``) on a standard and on a robust model poisoned with the same
-localised trigger: does reverse engineering weaken on robust models, as the paper found for Neural Cleanse?
+``--issue6`` (writes ``aegis_issue6.*`` and the cluster plots ``aegis_<model>_class<c>{,_exemplars}.png``): the
+earlier issue-6 tables (the paper's Tables 5, 6, 11 and 12 at small scale: localised / distributed 1%, Zhong et al.'s
+static and adversarial triggers, eps 0.5) and RQ3 (the RE defence on a standard vs a robust model); this mode keeps
+the defence object for its plots and is a plain loop over ``prepare_scenario``.
 
-Usage: python benchmarks/aegis.py [--quick] [--epochs N] [--no-rq3]
-Writes benchmarks/results/aegis.{json,md} and benchmarks/results/aegis_<model>_class<c>{,_exemplars}.png.
+Usage: python benchmarks/aegis.py [--quick] [--models N] [--no-boundary] [--no-baselines] [--cache DIR]
+[--cached-only]; python benchmarks/aegis.py --issue6 [--quick] [--epochs N] [--no-rq3]
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import time
 import numpy as np
 
 from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, Scenario, prepare_scenario
+from art_backdoor_ext.grid import load_spec, run_grid
+from art_backdoor_ext.registry.aegis import ISOLATED_MAX_TRANSLATED, PATTERN_MIN_COSINE, RULES
 
 TARGET = 7
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -192,189 +197,51 @@ def issue6_tables(argv=None):
 # ------------------------------------------------------------------------------------------------ issue 14
 ROBUST_KW = {"eps": 1.0, "max_iter": 7}
 EPOCHS = 8
-RULES = ("masking", "translated", "all", "isolated", "pattern")
-ISOLATED_MAX_TRANSLATED = 0.05
-PATTERN_MIN_COSINE = 0.5
 
 
-def validation_scenarios(nb_models: int):
-    """Clean, distributed 5% and localised 5% robust models (eps 1.0, 7 steps, 8 epochs), seeds 0..nb_models-1."""
-    out = []
-    for seed in range(nb_models):
-        for attack, fraction in ((None, None), ("distributed", 0.05), ("localised", 0.05)):
-            out.append(("validation", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS,
-                                               robust=True, robust_kwargs=dict(ROBUST_KW), seed=seed)))
-    return out
+GRIDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")
+VALIDATION_SPEC = "aegis_validation.yaml"
+BOUNDARY_SPECS = ("aegis_boundary_poison.yaml", "aegis_boundary_eps05.yaml", "aegis_boundary_eps2.yaml",
+                  "aegis_short.yaml", "aegis_short_eps1.yaml")
+"""The boundary grids, by priority (an interrupted run still has the first ones cached)."""
 
 
-def boundary_scenarios():
-    """Seed 0: fewer poisoned images (2.5%, 1%, 0.5% of mnist-5k), other training radii (0.5, 2.0), shorter training."""
-    out = []
-    for fraction in (0.025, 0.01, 0.005):
-        for attack in ("distributed", "localised"):
-            out.append(("poison", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS,
-                                           robust=True, robust_kwargs=dict(ROBUST_KW))))
-    for eps in (0.5, 2.0):
-        for attack, fraction in (("distributed", 0.05), (None, None)):
-            out.append(("eps", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=EPOCHS, robust=True,
-                                        robust_kwargs={"eps": eps, "max_iter": 7})))
-    # cheaper training (5 epochs of 5 steps, as the test suite's models)
-    for eps in (0.5, 1.0):
-        out.append(("epochs", Scenario(attack="distributed", target=TARGET, fraction=0.05, nb_epochs=5, robust=True,
-                                       robust_kwargs={"eps": eps, "max_iter": 5})))
-    return out
+def group_of(spec_name: str, attack: str) -> str:
+    """The report's group of a scenario: validation, poison (rate), eps (radius), epochs or suite (shorter training)."""
+    if spec_name == "aegis-validation":
+        return "validation"
+    if spec_name == "aegis-boundary-poison":
+        return "poison"
+    if spec_name.startswith("aegis-boundary-eps"):
+        return "eps"
+    return "epochs" if attack == "distributed" else "suite"
 
 
-def suite_scenarios():
-    """The test suite's (and issue 6's) models: eps 0.5, 5 epochs of 5 steps, clean and localised 1%."""
-    return [("suite", Scenario(attack=attack, target=TARGET, fraction=fraction, nb_epochs=5, robust=True,
-                               robust_kwargs={"max_iter": 5})) for attack, fraction in ((None, None),
-                                                                                       ("localised", 0.01))]
-
-
-def scenario_order(nb_models: int, boundary: bool):
-    """
-    Validation seed 0 and the suite's models, the other validation seeds, then the boundary points by priority
-    (distributed before localised, the other training radii, then the clean models at those radii and shorter
-    training), so that an interrupted run still covers the validation.
-    """
-    val = validation_scenarios(nb_models)
-    if not boundary:
-        return val
-    bnd = boundary_scenarios()
-
-    def pick(group, attack, fraction=None, eps=None):
-        return [(g, s) for g, s in bnd if g == group and s.attack == attack
-                and (fraction is None or s.fraction == fraction) and (eps is None or s.robust_kwargs["eps"] == eps)]
-
-    first = pick("poison", "distributed", 0.01) + pick("poison", "distributed", 0.025) + pick("eps", "distributed", eps=0.5)
-    second = pick("poison", "localised", 0.025) + pick("poison", "localised", 0.01) + pick("eps", "distributed", eps=2.0)
-    rest = [item for item in bnd if item not in first + second]
-    return val[:3] + suite_scenarios() + val[3:9] + first + val[9:] + second + rest
-
-
-def _key(sc) -> str:
-    import dataclasses
-    import hashlib
-
-    text = json.dumps(dataclasses.asdict(sc), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def cached_scenario(sc, cache_dir):
-    """``prepare_scenario`` with the trained weights kept in ``cache_dir`` (PyTorch state dicts, pickled)."""
-    import pickle
-
-    from art_backdoor_ext.evaluation import ScenarioContext
-
-    if cache_dir is None or sc.framework != "pytorch":
-        return prepare_scenario(sc)
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, _key(sc) + ".pkl")
-    meta = os.path.join(cache_dir, _key(sc) + ".json")
-    if not os.path.exists(path):
-        ctx = prepare_scenario(sc)
-        with open(path, "wb") as f:
-            pickle.dump(ctx.classifier.model.state_dict(), f)
-        with open(meta, "w", encoding="utf-8") as f:
-            json.dump({"train_seconds": ctx.train_seconds, "load": os.getloadavg()[0]}, f)
-        return ctx
-    original = ScenarioContext.train_model
-
-    def load(self, x, y, seed=None):
-        from art_backdoor_ext.models import make_classifier
-
-        clf = make_classifier(sc.framework, nb_classes=self.nb_classes, width=sc.width, x_train=x, y_train=y,
-                              nb_epochs=0, batch_size=sc.batch_size, seed=sc.seed)
-        with open(path, "rb") as f:
-            clf.model.load_state_dict(pickle.load(f))
-        return clf
-
-    ScenarioContext.train_model = load
-    try:
-        ctx = prepare_scenario(sc)
-    finally:
-        ScenarioContext.train_model = original
-    with open(meta, encoding="utf-8") as f:
-        ctx.train_seconds = json.load(f)["train_seconds"]
-    return ctx
-
-
-def _extra_rule_scores(defence):
-    """
-    Per class, per training sub-cluster (as the masking rule's candidates), the scores of the two alternative rules:
-    ``knn_translated`` (fraction of translated points among the 10 t-SNE neighbours of its points; "isolated" when
-    under ISOLATED_MAX_TRANSLATED) and ``pattern_cosine`` (cosine between the positive part of its mean image minus the
-    main cluster's and the positive part of the translations' mean image minus the main cluster's).
-    """
-    out = {}
-    x = defence._x  # pylint: disable=protected-access
-    for c, sub in ((c, defence.report_["per_class"][c]["subpopulations"]) for c in defence.train_indices_):
-        idx, labels = defence.train_indices_[c], defence.cluster_labels_[c]
-        emb, trans = defence.embeddings_[c], defence.is_translated_[c]
-        train_labels = labels[: len(idx)]
-        values, counts = np.unique(train_labels, return_counts=True)
-        main_mean = x[idx[train_labels == values[np.argmax(counts)]]].mean(axis=0).ravel()
-        carried = np.clip(defence.translated_[c].mean(axis=0).ravel() - main_mean, 0, None)
-        scores = []
-        for p in sub:
-            members = train_labels == p["cluster"]
-            pts = emb[: len(idx)][members]
-            d2 = ((pts[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
-            nn = np.argsort(d2, axis=1)[:, 1:11]
-            diff = np.clip(x[idx[members]].mean(axis=0).ravel() - main_mean, 0, None)
-            cos = float(diff @ carried / (np.linalg.norm(diff) * np.linalg.norm(carried) + 1e-12))
-            scores.append({"knn_translated": float(trans[nn].mean()), "pattern_cosine": cos})
-        out[c] = scores
-    return out
-
-
-def rule_outcomes(defence, report, ctx):
-    """Detection, target and ``is_clean`` of every rule of RULES, all from one AEGIS run."""
-    pc = report["per_class"]
-    extra = _extra_rule_scores(defence)
-    k = len(pc)
-    out = {}
-    for rule in RULES:
-        counts, flagged_clusters = {}, {}
-        for c in range(k):
-            n_trans = pc[c]["nb_translated_clusters"]
-            sub = pc[c]["subpopulations"]
-            if rule == "all":
-                counts[c], flagged_clusters[c] = pc[c]["nb_clusters_all"], None
-                continue
-            if rule == "translated":
-                counts[c], flagged_clusters[c] = 1 + n_trans, None
-                continue
-            if rule == "masking":
-                keep = [p["backdoor"] for p in sub]
-            elif rule == "isolated":
-                keep = [e["knn_translated"] < ISOLATED_MAX_TRANSLATED for e in extra[c]]
-            else:
-                keep = [e["pattern_cosine"] > PATTERN_MIN_COSINE for e in extra[c]]
-            flagged_clusters[c] = [p["cluster"] for p, f in zip(sub, keep) if f]
-            # the translated clusters count as one (their splits flagged a clean model, never a target class)
-            counts[c] = 1 + min(n_trans, 1) + len(flagged_clusters[c])
-        suspected = sorted([c for c in range(k) if counts[c] > defence.cluster_threshold],
-                           key=lambda c: (-counts[c], c))
-        is_clean = np.ones(len(ctx.x_train), int)
-        for c in suspected:
-            idx, labels = defence.train_indices_[c], defence.cluster_labels_[c][: len(defence.train_indices_[c])]
-            if flagged_clusters[c] is None:  # the earlier marking: outside the main training cluster
-                values, nb = np.unique(labels, return_counts=True)
-                is_clean[idx[labels != values[np.argmax(nb)]]] = 0
-            else:
-                is_clean[idx[np.isin(labels, flagged_clusters[c])]] = 0
-        target = suspected[0] if suspected else None
-        flagged = is_clean == 0
-        out[rule] = {
-            "detected": bool(suspected), "target_class": target, "suspected_classes": suspected,
-            "target_right": (target == ctx.target) if ctx.target is not None else None,
-            "false_positive_classes": [c for c in suspected if c != ctx.target],
-            "tpr": float(flagged[ctx.is_poison].mean()) if ctx.is_poison.any() else float("nan"),
-            "fpr": float(flagged[~ctx.is_poison].mean()), "nb_flagged": int(flagged.sum()),
+def rows_of(result) -> list:
+    """One report row per scenario of a finished AEGIS grid (the aegis row's details, AC and SS beside it)."""
+    rows = []
+    for _, res in result.scenario_results():
+        by_name = {r.defence: r for r in res.rows}
+        if "aegis" not in by_name:
+            continue
+        aegis, sc = by_name["aegis"], res.scenario
+        d = aegis.extra
+        row = {
+            "group": group_of(result.spec.name, sc.attack or "clean"), "attack": sc.attack or "clean",
+            "fraction": sc.fraction, "seed": sc.seed, "eps": sc.robust_kwargs.get("eps", 0.5),
+            "robust_steps": sc.robust_kwargs.get("max_iter", 7), "epochs": sc.nb_epochs,
+            "nb_poison": d["nb_poison"], "clean_accuracy": res.clean_accuracy, "asr": res.asr,
+            "train_seconds": res.train_seconds, "aegis_seconds": aegis.seconds,
+            **{k: d[k] for k in ("seconds_translation", "rules", "subpopulations", "nb_clusters_all",
+                                 "nb_translated_clusters", "nb_train_total", "translation_success")},
         }
-    return out, extra
+        base = {name.replace("-oracle", ""): {"detected": r.detected, "target_class": r.target_class, "tpr": r.tpr,
+                                               "fpr": r.fpr, "seconds": r.seconds}
+                for name, r in by_name.items() if name in ("ac", "ss-oracle")}  # the table's SS column: oracle
+        if len(base) == 2:
+            row["baselines"] = base
+        rows.append(row)
+    return rows
 
 
 def subcluster_outcome(row, rule):
@@ -401,57 +268,6 @@ def finalise_row(row):
     row["robust_steps"] = row["robust_steps"] or 7
     for rule in ("masking", "isolated", "pattern"):
         row["rules"][rule] = subcluster_outcome(row, rule)
-    return row
-
-
-def run_model(group, sc, cache_dir, with_baselines=True, dump_dir=None):
-    """AEGIS (default parameters) once, every rule's outcome from that run, and AC/SS on the same model."""
-    from art_backdoor_ext.defences.detector.poison.aegis import AEGISDefence
-    from art_backdoor_ext.evaluation import run_defences
-
-    result_path = os.path.join(cache_dir, _key(sc) + "_aegis14.json") if cache_dir else None
-    if result_path and os.path.exists(result_path):
-        with open(result_path, encoding="utf-8") as f:
-            return json.load(f)
-    ctx = cached_scenario(sc, cache_dir)
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    defence = AEGISDefence(ctx.classifier, ctx.x_train, ctx.y_train)
-    report, _ = defence.detect_poison()
-    seconds = time.perf_counter() - start
-    rules, extra = rule_outcomes(defence, report, ctx)
-    if dump_dir:  # arrays for post-hoc analysis of the rules
-        os.makedirs(dump_dir, exist_ok=True)
-        arrays = {"is_poison": ctx.is_poison, "seeds": defence.seed_indices_}
-        for c in defence.train_indices_:
-            arrays.update({f"emb{c}": defence.embeddings_[c], f"lab{c}": defence.cluster_labels_[c],
-                           f"tr{c}": defence.is_translated_[c], f"xt{c}": defence.translated_[c],
-                           f"idx{c}": defence.train_indices_[c]})
-        np.savez_compressed(os.path.join(dump_dir, _key(sc) + ".npz"), **arrays)
-    pc = report["per_class"]
-    subpops = {c: [{**p, **e, "nb_poison": int(ctx.is_poison[defence.train_indices_[c][
-        defence.cluster_labels_[c][: len(defence.train_indices_[c])] == p["cluster"]]].sum())}
-        for p, e in zip(pc[c]["subpopulations"], extra[c])] for c in pc}
-    row = {
-        "group": group, "attack": sc.attack or "clean", "fraction": sc.fraction, "seed": sc.seed,
-        "eps": sc.robust_kwargs.get("eps", 0.5), "robust_steps": sc.robust_kwargs.get("max_iter", 7),
-        "epochs": sc.nb_epochs, "nb_poison": int(ctx.is_poison.sum()), "clean_accuracy": ctx.clean_accuracy,
-        "asr": ctx.asr, "train_seconds": ctx.train_seconds, "aegis_seconds": seconds,
-        "seconds_translation": report["seconds_translation"], "load_average": (load + os.getloadavg()[0]) / 2,
-        "rules": rules, "subpopulations": subpops,
-        "nb_clusters_all": {c: pc[c]["nb_clusters_all"] for c in pc},
-        "nb_translated_clusters": {c: pc[c]["nb_translated_clusters"] for c in pc},
-        "nb_train_total": int(len(ctx.x_train)),
-        "translation_success": report["translation_success"],
-    }
-    if with_baselines:
-        row["baselines"] = {r.defence.replace("-oracle", ""): {"detected": r.detected, "target_class": r.target_class,
-                                                                "tpr": r.tpr, "fpr": r.fpr, "seconds": r.seconds}
-                            for r in run_defences(ctx, ["ac", "ss-oracle"])}  # the table's SS column: oracle
-    row = json.loads(json.dumps(row, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-    if result_path:
-        with open(result_path, "w", encoding="utf-8") as f:
-            json.dump(row, f)
     return row
 
 
@@ -489,7 +305,8 @@ def write_report(rows, path_prefix):
              "what the translations carry (positive part of their mean minus the main cluster's). A class is suspected "
              "above 2 clusters. TPR/FPR: the `is_clean` marking over all training images (poisoned / clean). "
              "AC (ART, 2-means, relative size 0.35) and SS (ART, oracle poison fraction) on the same models. "
-             "Seconds: measured under load (2 cores shared with other jobs; `load` = 1-min load average).", ""]
+             "Seconds: each defence's own time when its result was computed (the grid cache keeps it), on 2 CPU cores "
+             "shared with other jobs (inflated). Grids: `benchmarks/grids/aegis_*.yaml`.", ""]
 
     def summary(rows_, rule):
         clean = [r for r in rows_ if r["attack"] == "clean"]
@@ -522,7 +339,7 @@ def write_report(rows, path_prefix):
     def table(rows_):
         out = ["| model | seed | eps | epochs | poisoned | acc | ASR | " + " | ".join(RULES) +
                " | masking TPR/FPR | training sub-clusters (class: train, translated, poisoned, flip/flip main) "
-               "| AC TPR/FPR | SS TPR/FPR | AEGIS s (load) |", "|" + "---|" * (13 + len(RULES) - 5 + 4)]
+               "| AC TPR/FPR | SS TPR/FPR | AEGIS s |", "|" + "---|" * (13 + len(RULES) - 5 + 4)]
         for r in rows_:
             cells = []
             for rule in RULES:
@@ -543,7 +360,7 @@ def write_report(rows, path_prefix):
             out.append(f"| {r['attack']} | {r['seed']} | {r['eps']} | {r['epochs']}x{r['robust_steps']} | "
                        f"{r['nb_poison']} | {r['clean_accuracy']:.3f} | {_cell(r['asr'], 3)} | " + " | ".join(cells) +
                        f" | {_cell(m['tpr'])}/{_cell(m['fpr'], 4)} | {subs} | {ac} | {ss} | "
-                       f"{r['aegis_seconds']:.0f} ({r['load_average']:.1f}) |")
+                       f"{r['aegis_seconds']:.0f} |")
         return out
 
     lines += ["", "Cells: the target class found (`ok` when right) and false-positive classes; `-` = nothing "
@@ -599,35 +416,38 @@ def write_report(rows, path_prefix):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=5, help="validation models per kind (clean, distributed, "
-                                                                "localised)")
+                                                                "localised): training seeds 0..N-1")
     parser.add_argument("--quick", action="store_true", help="one model per kind, no boundary, no AC/SS "
                                                              "(writes results/aegis_quick.*)")
     parser.add_argument("--no-boundary", action="store_true")
     parser.add_argument("--no-baselines", action="store_true", help="skip AC/SS")
-    parser.add_argument("--cache-dir", default=None, help="keep trained weights and per-model results here")
-    parser.add_argument("--dump-dir", default=None, help="save each run's embeddings and translations here")
-    parser.add_argument("--report-only", action="store_true", help="only models with cached results")
+    parser.add_argument("--cache", default=".grid-cache", help="grid cache (models and results; a run resumes)")
+    parser.add_argument("--backend", default="local", choices=["local", "ray"])
+    parser.add_argument("--cached-only", action="store_true", help="only the models whose results are cached")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     os.makedirs(RESULTS, exist_ok=True)
     if args.quick:
         args.models, args.no_boundary, args.no_baselines = 1, True, True
-    todo = scenario_order(args.models, not args.no_boundary)
     rows = []
-    for group, sc in todo:
-        if args.report_only and not os.path.exists(os.path.join(args.cache_dir, _key(sc) + "_aegis14.json")):
-            continue
-        row = finalise_row(run_model(group, sc, args.cache_dir, with_baselines=not args.no_baselines,
-                                     dump_dir=args.dump_dir))
-        rows.append(row)
-        m = row["rules"]["masking"]
-        print(f"{group} {row['attack']} seed {row['seed']} eps {row['eps']} {row['epochs']}x{row['robust_steps']} "
-              f"poison {row['nb_poison']}: acc {row['clean_accuracy']:.3f} ASR {_cell(row['asr'], 3)}; masking "
-              f"detected {m['detected']} target {m['target_class']} FP {m['false_positive_classes']} TPR "
-              f"{_cell(m['tpr'])} FPR {m['fpr']:.4f}; AEGIS {row['aegis_seconds']:.0f}s "
-              f"(load {row['load_average']:.1f})", flush=True)
-    print(write_report(rows, os.path.join(RESULTS, "aegis_quick" if args.quick else "aegis")))
+    for name in (VALIDATION_SPEC,) + (() if args.no_boundary else BOUNDARY_SPECS):
+        spec = load_spec(os.path.join(GRIDS, name)).as_dict()
+        if name == VALIDATION_SPEC:
+            spec["seeds"] = list(range(args.models))
+        if args.no_baselines:
+            spec["defences"] = {"aegis": spec["defences"]["aegis"]}
+        result = run_grid(spec, cache=args.cache, backend=args.backend, verbose=args.verbose,
+                          cached_only=args.cached_only)
+        for row in rows_of(result):
+            rows.append(finalise_row(row))
+            m = row["rules"]["masking"]
+            logging.warning("%s %s seed %d eps %s %dx%d poison %d: acc %.3f ASR %s; masking detected %s target %s "
+                            "FP %s TPR %s FPR %.4f; AEGIS %.0fs", row["group"], row["attack"], row["seed"],
+                            row["eps"], row["epochs"], row["robust_steps"], row["nb_poison"], row["clean_accuracy"],
+                            _cell(row["asr"], 3), m["detected"], m["target_class"], m["false_positive_classes"],
+                            _cell(m["tpr"]), m["fpr"], row["aegis_seconds"])
+    write_report(rows, os.path.join(RESULTS, "aegis_quick" if args.quick else "aegis"))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,28 @@ def test_detects_the_target_class_and_removes_its_poisoned_subcluster(scenario_c
     assert confusion["FalsePositive"]["numerator"] == 0
 
 
+def test_harness_details_compare_every_rule_from_one_run(scenario_ctx):
+    """The ``aegis`` row's details (what benchmarks/aegis.py renders): every rule's outcome from the same run, JSON-safe."""
+    from art_backdoor_ext.metrics import to_json_safe
+    from art_backdoor_ext.registry.aegis import RULES, _details
+
+    ctx = scenario_ctx(DISTRIBUTED_ROBUST)
+    defence, report, is_clean = _run(ctx, "distributed", cluster_rule="masking")
+    details = to_json_safe(_details(defence, report, ctx))
+    rules = details["rules"]
+    assert set(rules) == set(RULES)
+    masking = rules["masking"]  # the default rule: the defence's own verdict and marking
+    flagged = np.asarray(is_clean) == 0
+    assert masking["detected"] and masking["target_class"] == 7 and masking["target_right"]
+    assert masking["nb_flagged"] == int(flagged.sum())
+    assert masking["tpr"] == pytest.approx(flagged[ctx.is_poison].mean())
+    assert not rules["translated"]["detected"] and rules["all"]["target_class"] == 7
+    assert details["nb_poison"] == int(ctx.is_poison.sum())
+    assert sum(p["nb_poison"] for subs in details["subpopulations"].values() for p in subs if p["backdoor"]) \
+        == int((flagged & ctx.is_poison).sum())
+    assert all(0 <= p["knn_translated"] <= 1 for subs in details["subpopulations"].values() for p in subs)
+
+
 def test_keras_robust_backdoor_detected_thanks_to_the_random_start(scenario_ctx):
     # the same scenario on Keras (issue 19): every first-layer bias of this robust model is negative, so the gradient is
     # exactly zero on MNIST's black border, the trigger's corners included; PGD started at the seed image (the paper,
