@@ -244,33 +244,6 @@ def rows_of(result) -> list:
     return rows
 
 
-def subcluster_outcome(row, rule):
-    """A sub-cluster rule's outcome from a row's stored sub-clusters (translated clusters count as one)."""
-    test = {"masking": lambda p: p["backdoor"], "isolated": lambda p: p["knn_translated"] < ISOLATED_MAX_TRANSLATED,
-            "pattern": lambda p: p["pattern_cosine"] > PATTERN_MIN_COSINE}[rule]
-    flagged = {int(c): [p for p in subs if test(p)] for c, subs in row["subpopulations"].items()}
-    suspected = sorted([c for c, f in flagged.items() if f], key=lambda c: (-len(flagged[c]), c))
-    target = suspected[0] if suspected else None
-    nb_flagged = sum(p["nb_train"] for f in flagged.values() for p in f)
-    flagged_poison = sum(p["nb_poison"] for f in flagged.values() for p in f)
-    attacked = row["attack"] != "clean"
-    return {"detected": bool(suspected), "target_class": target, "suspected_classes": suspected,
-            "target_right": (target == TARGET) if attacked else None,
-            "false_positive_classes": [c for c in suspected if not attacked or c != TARGET],
-            "tpr": flagged_poison / row["nb_poison"] if row["nb_poison"] else float("nan"),
-            "fpr": (nb_flagged - flagged_poison) / (row["nb_train_total"] - row["nb_poison"]),
-            "nb_flagged": nb_flagged}
-
-
-def finalise_row(row):
-    """Fill train_robust's defaults and (re)derive the sub-cluster rules from the stored sub-clusters."""
-    row["eps"] = row["eps"] or 0.5
-    row["robust_steps"] = row["robust_steps"] or 7
-    for rule in ("masking", "isolated", "pattern"):
-        row["rules"][rule] = subcluster_outcome(row, rule)
-    return row
-
-
 def _cell(v, digits=2):
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
@@ -288,8 +261,6 @@ def write_report(rows, path_prefix):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for r in rows:
-        finalise_row(r)
     val = [r for r in rows if r["group"] == "validation"]
     lines = ["# AEGIS decision rules (issue 14)", "",
              f"Robust compact CNNs on mnist-5k (L2 PGD adversarial training, eps {ROBUST_KW['eps']}, "
@@ -440,7 +411,7 @@ def main():
         result = run_grid(spec, cache=args.cache, backend=args.backend, verbose=args.verbose,
                           cached_only=args.cached_only)
         for row in rows_of(result):
-            rows.append(finalise_row(row))
+            rows.append(row)
             m = row["rules"]["masking"]
             logging.warning("%s %s seed %d eps %s %dx%d poison %d: acc %.3f ASR %s; masking detected %s target %s "
                             "FP %s TPR %s FPR %.4f; AEGIS %.0fs", row["group"], row["attack"], row["seed"],
