@@ -198,6 +198,21 @@ class LatentSeparability:
         return dataclasses.asdict(self)
 
 
+def mad_anomaly_index(values: Sequence[float]) -> np.ndarray:
+    """
+    Signed anomaly index of each value, ``(v - median) / (1.4826 * MAD)`` (median absolute deviation with the normal
+    consistency constant), as Neural Cleanse (Wang et al., S&P 2019, Section IV) applies it to the classes' reversed
+    mask norms: an index below -2 marks an anomalously small norm. When the MAD is 0 (at least half the values are
+    equal) the index is undefined and every entry is ``nan``, never a guess.
+    """
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("values must not be empty.")
+    median = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - median))
+    return (v - median) / mad if mad > 0 else np.full(v.shape, np.nan)
+
+
 def spectral_scores(features: np.ndarray) -> np.ndarray:
     """Spectral-signature outlier scores: squared projection of the centred features on their top singular vector."""
     f = np.asarray(features, np.float64).reshape(len(features), -1)

@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from art_backdoor_ext.evaluation import Scenario, prepare_scenario
+from art_backdoor_ext.metrics import mad_anomaly_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -67,13 +68,6 @@ def open_store(path):
     from art_backdoor_ext.grid import GridCache
 
     return GridCache(path)
-
-
-def mad_index(norms: np.ndarray) -> np.ndarray:
-    """Signed anomaly index as both implementations compute it (consistency constant 1.4826)."""
-    median = np.median(norms)
-    mad = 1.4826 * np.median(np.abs(norms - median))
-    return (norms - median) / mad
 
 
 def run_ours(ctx, epochs: int, steps: int, batch_size: int) -> dict:
@@ -125,7 +119,7 @@ def run_art(ctx, epochs: int, steps: int, batch_size: int, norm: int = 1, restor
                                                        norm=norm, restore_learning_rate=restore_lr)
     seconds = time.perf_counter() - start
     norms = np.array([float(np.sum(np.abs(masks[c]))) for c in range(ctx.nb_classes)])
-    index = mad_index(norms)
+    index = mad_anomaly_index(norms)
     flagged_classes = [int(c) for c, _, _ in flagged]
     target = int(min(flagged_classes, key=lambda c: norms[c])) if flagged_classes else None
     # ART's own is_clean-free report: flagged labels; the target is the flagged label with the smallest mask

@@ -83,3 +83,16 @@ def test_latent_separability_separated_and_mixed():
     assert abs(mixed.ari) < 0.1 and abs(mixed.probe_auroc - 0.5) < 0.2 and mixed.ss_remaining > 0.5
     with pytest.raises(ValueError, match="two poisoned"):
         latent_separability(apart, np.zeros(200, bool))
+
+
+def test_mad_anomaly_index_matches_the_definition_and_refuses_a_zero_mad():
+    from art_backdoor_ext.metrics import mad_anomaly_index
+
+    norms = np.array([40.0, 42.0, 38.0, 41.0, 39.0, 12.0])  # one anomalously small mask
+    index = mad_anomaly_index(norms)
+    median = np.median(norms)
+    np.testing.assert_allclose(index, (norms - median) / (1.4826 * np.median(np.abs(norms - median))))
+    assert index[5] < -2 and (index[:5] > -2).all()
+    assert np.isnan(mad_anomaly_index([3.0, 3.0, 3.0, 7.0])).all()  # MAD 0: undefined, not a guess
+    with pytest.raises(ValueError, match="values"):
+        mad_anomaly_index([])

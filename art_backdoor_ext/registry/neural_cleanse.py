@@ -16,6 +16,7 @@ import numpy as np
 
 from art_backdoor_ext.estimators import get_adapter
 from art_backdoor_ext.evaluation.api import ScenarioContext, register_defence
+from art_backdoor_ext.metrics import mad_anomaly_index
 from art_backdoor_ext.utils import check_int, check_number
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,6 @@ def _neural_cleanse(ctx: ScenarioContext, **kwargs: Any):
     low = min(index, key=index.get)
     notes = f"lowest anomaly index {index[low]:.2f} (class {low})"
     return dict(report, notes=notes), np.asarray(is_clean, int)
-
-
-def _mad_index(norms: np.ndarray) -> np.ndarray:
-    """Signed anomaly index of each label's mask norm (median absolute deviation, consistency constant 1.4826)."""
-    median = np.median(norms)
-    mad = 1.4826 * np.median(np.abs(norms - median))
-    return (norms - median) / mad if mad > 0 else np.full(len(norms), np.nan)
 
 
 def art_neural_cleanse(twin, x_val: np.ndarray, y_val: np.ndarray, nb_epochs: int, batch_size: int,
@@ -122,7 +116,7 @@ def _art_neural_cleanse(ctx: ScenarioContext, nb_epochs: int = 40, steps_per_epo
                                                   init_cost=init_cost, learning_rate=learning_rate, norm=norm,
                                                   restore_learning_rate=restore_learning_rate)
     norms = np.array([float(np.sum(np.abs(masks[c]))) for c in range(ctx.nb_classes)])
-    index = _mad_index(norms)
+    index = mad_anomaly_index(norms)
     suspected = sorted(int(c) for c, _, _ in flagged)
     target = int(min(suspected, key=lambda c: norms[c])) if suspected else None
     if np.isnan(index).all():

@@ -43,6 +43,7 @@ import numpy as np
 
 from art_backdoor_ext.defences.base import PoisonFilteringDefenceBase
 from art_backdoor_ext.estimators import get_adapter
+from art_backdoor_ext.metrics import mad_anomaly_index
 from art_backdoor_ext.utils import check_bool, check_int, check_layer_name, check_number, check_xy, progress
 
 logger = logging.getLogger(__name__)
@@ -258,14 +259,15 @@ class NeuralCleanseDefence(PoisonFilteringDefenceBase):
         rev = self.reverse_engineer()
         self.masks_, self.patterns_ = rev["masks"], rev["patterns"]
         norms = rev["l1_norms"]
-        median = float(np.median(norms))
-        mad = 1.4826 * float(np.median(np.abs(norms - median)))
-        index = (norms - median) / max(mad, 1e-12)
+        index = mad_anomaly_index(norms)
         suspected = [int(c) for c in np.argsort(index) if index[c] < -self.anomaly_threshold]
         is_clean = np.ones(len(x), int)
         neurons, threshold = [], None
         inconclusive = None
-        if suspected and not rev["converged"][suspected[0]]:
+        if np.isnan(index).all():
+            inconclusive = ("at least half of the classes' mask norms are equal, so their median absolute deviation is "
+                            "0 and the anomaly index is undefined")
+        elif suspected and not rev["converged"][suspected[0]]:
             # the smallest mask never made a working trigger: its small norm is not evidence of a backdoor
             inconclusive = (f"class {suspected[0]} has the anomalous mask, but no mask reached attack success "
                             f"{self.attack_success_threshold} for it within nb_epochs={self.nb_epochs}")
