@@ -66,7 +66,10 @@ class GridResult:
             if key not in out:
                 out[key] = (task.label, ScenarioResult(task.scenario, payload["clean_accuracy"], payload["asr"],
                                                        payload["train_seconds"], []))
-            out[key][1].rows.append(DefenceResult.from_dict(payload["row"]))
+            row = DefenceResult.from_dict(payload["row"])
+            if task.defence_label:  # name@label: the row is named as the spec names it
+                row = dataclasses.replace(row, defence=task.defence_label)
+            out[key][1].rows.append(row)
         return list(out.values())
 
     def save(self, path_prefix: str, plot: bool = True) -> Tuple[str, ...]:

@@ -23,7 +23,8 @@ and ``robust`` may be a list, which sweeps it::
     defences:
       ac: {}
       ss: {eps_multiplier: 1.5}
-    retrain: false                # true, or a list of defence names, retrains after filtering
+      ss@strict: {eps_multiplier: 1.0}   # name@label: the same defence again, other settings, its own table row
+    retrain: false                # true, or a list of defence keys, retrains after filtering
 
 The seed of a task seeds the dataset split, the poisoning and the training (:class:`~art_backdoor_ext.evaluation.api.
 Scenario`'s ``seed``): seeds are independent repetitions of the whole experiment.
@@ -56,13 +57,21 @@ class GridTask:
     label: str
     """The attack entry's label (its cell in the tables)."""
     defence: str
+    """The registered defence's name (what runs)."""
     defence_kwargs: Dict[str, Any]
     retrain: bool
+    defence_label: Optional[str] = None
+    """The spec's key when it is ``name@label`` (the same defence twice with different settings), else ``None``."""
+
+    @property
+    def defence_name(self) -> str:
+        """The defence's row in the tables: the spec's key (``name`` or ``name@label``)."""
+        return self.defence_label or self.defence
 
     @property
     def cell(self) -> str:
         """The table cell this task belongs to: every setting but the seed."""
-        return f"{scenario_cell(self.scenario, self.label)} | {self.defence}"
+        return f"{scenario_cell(self.scenario, self.label)} | {self.defence_name}"
 
     @property
     def name(self) -> str:
@@ -156,16 +165,25 @@ def _check_defences(defences: Any) -> Dict[str, Dict[str, Any]]:
         raise ValueError("Grid spec field 'defences' must name at least one defence (a mapping name -> keyword "
                          "arguments, or a list of names).")
     checked = {}
-    for name, kwargs in defences.items():
+    for key, kwargs in defences.items():
         kwargs = kwargs or {}
         if not isinstance(kwargs, Mapping):
-            raise ValueError(f"Grid spec field defences.{name} must be a mapping of keyword arguments, got {kwargs!r}.")
+            raise ValueError(f"Grid spec field defences.{key} must be a mapping of keyword arguments, got {kwargs!r}.")
+        name, label = _split_defence_key(key)
+        if label is not None and not label:
+            raise ValueError(f"Grid spec field defences.{key}: the label after '@' is empty; write name@label.")
         try:
             check_kwargs(get_defence(name).fn, dict(kwargs), f"defence {name!r}")
         except ValueError as err:
-            raise ValueError(f"Grid spec field defences.{name}: {err}") from None
-        checked[str(name)] = dict(kwargs)
+            raise ValueError(f"Grid spec field defences.{key}: {err}") from None
+        checked[str(key)] = dict(kwargs)
     return checked
+
+
+def _split_defence_key(key: Any) -> Tuple[str, Optional[str]]:
+    """A spec's defence key: ``name`` or ``name@label`` (the same defence more than once) -> ``(name, label)``."""
+    name, sep, label = str(key).partition("@")
+    return name, (label if sep else None)
 
 
 @dataclasses.dataclass
@@ -240,8 +258,9 @@ class GridSpec:
     def tasks(self) -> List[GridTask]:
         """Every scenario x defence task, grouped by scenario (a scenario's defences run on one trained model)."""
         retrain = set(self.defences) if self.retrain is True else set(self.retrain or [])
-        return [GridTask(sc, label, name, kwargs, name in retrain)
-                for label, sc in self.scenarios() for name, kwargs in self.defences.items()]
+        return [GridTask(sc, label, _split_defence_key(key)[0], kwargs, key in retrain,
+                         key if _split_defence_key(key)[1] is not None else None)
+                for label, sc in self.scenarios() for key, kwargs in self.defences.items()]
 
     def as_dict(self) -> Dict[str, Any]:
         """The normalised spec (what :meth:`from_dict` reads back)."""

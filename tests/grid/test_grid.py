@@ -386,3 +386,29 @@ def test_defence_details_survive_the_cache(tmp_path):
     assert sum(sum(pc["component_sizes"]) for pc in d["per_class"].values()) == first.payloads[0]["nb_train"]
     fig = plot_impurity(d)  # class keys read back from JSON as strings
     assert fig.axes
+
+
+def test_one_defence_twice_with_a_label(full):
+    """``name@label`` runs a defence again with other settings: its own cells and rows, cached apart, retrainable."""
+    folder, first = full
+    spec = {**SPEC, "defences": {"ss": {}, "ss@strict": {"expected_pp_poison": 0.1}}, "retrain": ["ss@strict"]}
+    result = run_grid(spec, cache=folder, verbose=False, plot=False)
+    work = _work(result)
+    assert work["defence_hit"] == 4 and work["defence"] == 4 and "trained" not in work  # only ss@strict runs
+    tasks = load_spec(spec).tasks()
+    strict = [t for t in tasks if t.defence_name == "ss@strict"]
+    assert len(strict) == 4 and all(t.defence == "ss" and t.retrain for t in strict)
+    assert all(not t.retrain and t.defence_label is None for t in tasks if t.defence_name == "ss")
+    cells = {c["cell"]: c for c in result.cells}
+    assert cells["digits/clean/pytorch-compact/e1b64 | ss@strict"]["defence"] == "ss@strict"
+    # ART's SS removes 1.5 x expected_pp_poison of every class: about 0.5 by default, 0.15 here
+    for label in ("clean", "localised"):
+        default = cells[f"digits/{label}/pytorch-compact/e1b64 | ss"]["metrics"]["fpr"]["mean"]
+        fewer = cells[f"digits/{label}/pytorch-compact/e1b64 | ss@strict"]["metrics"]["fpr"]["mean"]
+        assert fewer < 0.25 < 0.4 < default
+    for _, res in result.scenario_results():
+        assert [r.defence for r in res.rows] == ["ss", "ss@strict"]
+        assert np.isnan(res.rows[0].clean_accuracy) and np.isfinite(res.rows[1].clean_accuracy)  # retrained
+    for bad, message in (({"ss@": {}}, r"defences\.ss@.*empty"), ({"nope@x": {}}, r"defences\.nope@x.*Unknown")):
+        with pytest.raises(ValueError, match=message):
+            load_spec({**SPEC, "defences": bad})
