@@ -273,11 +273,12 @@ def write_report(rows, path_prefix):
              f"**isolated**: a training sub-cluster counts when under {ISOLATED_MAX_TRANSLATED:.0%} of its t-SNE "
              f"neighbours are translated images; **pattern**: a training sub-cluster counts when its distinctive "
              f"pattern (positive part of its mean minus the main cluster's) has cosine > {PATTERN_MIN_COSINE} with "
-             "what the translations carry (positive part of their mean minus the main cluster's). A class is suspected "
-             "above 2 clusters. TPR/FPR: the `is_clean` marking over all training images (poisoned / clean). "
+             "what the translations carry (positive part of their mean minus the main cluster's). Under masking, "
+             "isolated and pattern the translated images count as one population, whether they form clusters of "
+             "their own or share a training cluster. A class is suspected above 2 clusters. TPR/FPR: the `is_clean` marking over all training images (poisoned / clean). "
              "AC (ART, 2-means, relative size 0.35) and SS (ART, oracle poison fraction) on the same models. "
              "Seconds: each defence's own time when its result was computed (the grid cache keeps it), on 2 CPU cores "
-             "shared with other jobs (inflated). Grids: `benchmarks/grids/aegis_*.yaml`.", ""]
+             "shared with one other job (inflated). Grids: `benchmarks/grids/aegis_*.yaml`.", ""]
 
     def summary(rows_, rule):
         clean = [r for r in rows_ if r["attack"] == "clean"]

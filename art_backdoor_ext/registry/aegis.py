@@ -119,8 +119,9 @@ def _rule_outcomes(defence, report: Dict[str, Any], ctx: ScenarioContext,
             else:
                 keep = [e["pattern_cosine"] > PATTERN_MIN_COSINE for e in extra[c]]
             flagged_clusters[c] = [p["cluster"] for p, f in zip(sub, keep) if f]
-            # the translated clusters count as one (their splits flagged a clean model, never a target class)
-            counts[c] = 1 + min(n_trans, 1) + len(flagged_clusters[c])
+            # the translations count as one population, whether in clusters of their own (their splits flagged a
+            # clean model, never a target class) or merged into a training cluster (as the defence counts them)
+            counts[c] = 2 + len(flagged_clusters[c])
         suspected = sorted([c for c in range(k) if counts[c] > defence.cluster_threshold],
                            key=lambda c: (-counts[c], c))
         is_clean = np.ones(len(ctx.x_train), int)

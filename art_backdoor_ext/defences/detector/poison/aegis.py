@@ -55,8 +55,12 @@ class AEGISDefence(PoisonFilteringDefenceBase):
     poisoned training images of the target class form a cluster of their own (a backdoor sub-population). The rules:
 
     * ``"masking"`` (default): the training clusters count as one, plus every *backdoor* sub-population, and the
-      translated clusters count as one (their splits flagged clean models and never a target class in the
-      validation, see below). A training sub-population (the training images of a cluster other than the class's
+      translated images count as one population whether mean-shift gives them clusters of their own or merges them
+      into a training cluster (their splits flagged clean models and never a target class in the validation, see
+      below; and on one backdoored model all 200 translations joined the 200 poisoned images' cluster, so counting
+      only translated-majority clusters gave the target class 2 clusters and missed the backdoor). With the paper's
+      ``cluster_threshold`` of 2, a class is therefore suspected exactly when it has a backdoor sub-population. A
+      training sub-population (the training images of a cluster other than the class's
       main training cluster, at least ``min_subpopulation`` of them, whether they make a cluster of their own or
       share one with translated images: the poisoned images do either) is a backdoor sub-population when it
       depends on what the translations paint: the pixel positions that the translations
@@ -487,8 +491,8 @@ class AEGISDefence(PoisonFilteringDefenceBase):
             n_backdoor = int(sum(p["backdoor"] for p in subpopulations))
             if self.cluster_rule == "all":
                 n_clusters = int(len(counted))
-            elif self.cluster_rule == "masking":
-                n_clusters = min(n_training, 1) + n_backdoor + min(n_translated, 1)
+            elif self.cluster_rule == "masking":  # the translations are one population even when merged
+                n_clusters = min(n_training, 1) + n_backdoor + int(sel.any())
             else:
                 n_clusters = min(n_training, 1) + n_translated
             # training images inside clusters made mostly of translated images (a diagnostic, not the paper's rule)

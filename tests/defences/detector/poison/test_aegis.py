@@ -69,11 +69,11 @@ def test_report_is_complete_on_a_robust_backdoored_model(scenario_ctx):
         assert sum(pc["cluster_sizes_translated"]) == pc["nb_translated"] == 100
         assert pc["nb_clusters"] == report["nb_clusters"][c] >= 2  # training and translated images never merge
         # default rule: the training-majority clusters count as one, plus each training sub-cluster that the masking
-        # test calls a backdoor sub-population; the translated-majority clusters count as one
+        # test calls a backdoor sub-population; the translations count as one population, merged or not
         assert pc["nb_backdoor_subpopulations"] == sum(p["backdoor"] for p in pc["subpopulations"])
-        assert pc["nb_clusters"] == 1 + pc["nb_backdoor_subpopulations"] + min(pc["nb_translated_clusters"], 1)
+        assert pc["nb_clusters"] == 2 + pc["nb_backdoor_subpopulations"]
         # a backdoor sub-population may share a cluster with translated images, and then counts apart from them
-        assert pc["nb_clusters"] <= pc["nb_clusters_all"] + pc["nb_backdoor_subpopulations"]
+        assert pc["nb_clusters"] <= max(pc["nb_clusters_all"], 2) + pc["nb_backdoor_subpopulations"]
     assert report["detected"] == bool(report["suspected_classes"])
     assert all(report["nb_clusters"][c] > 2 for c in report["suspected_classes"])
 
@@ -103,6 +103,37 @@ def test_detects_the_target_class_and_removes_its_poisoned_subcluster(scenario_c
     confusion = json.loads(defence.evaluate_defence((~ctx.is_poison).astype(int)))["class_7"]
     assert confusion["TruePositive"]["numerator"] == int((flagged & ctx.is_poison).sum())
     assert confusion["FalsePositive"]["numerator"] == 0
+
+
+def test_translations_merged_into_the_poisoned_cluster_do_not_hide_it(scenario_ctx):
+    # on one benchmark model (distributed 5%, seed 3) mean-shift put all 200 translations toward the target class into
+    # the 200 poisoned images' cluster, so no cluster was translated-majority and a count of translated-majority
+    # clusters gave class 7 two clusters: missed. The translations are one population by construction and count as one
+    # either way. Reproduced here by merging the 100 translations into class 7's largest training sub-cluster (its
+    # 200 poisoned images: training-majority, as in the benchmark's model).
+    ctx = scenario_ctx(DISTRIBUTED_ROBUST)
+    defence = AEGISDefence(ctx.classifier, ctx.x_train, ctx.y_train, nb_seeds=100)
+    cluster, calls = defence._cluster, []
+
+    def merged(emb):
+        labels, bw = cluster(emb)
+        calls.append(len(calls))
+        if len(calls) == 8:  # class 7: its training images first, then its 100 translations
+            n_train = len(emb) - 100
+            values, counts = np.unique(labels[:n_train], return_counts=True)
+            assert len(values) >= 2, "class 7's poisoned images must form a training sub-cluster for this test"
+            labels = labels.copy()
+            labels[n_train:] = values[np.argsort(-counts)[1]]
+        return labels, bw
+
+    defence._cluster = merged
+    report, is_clean = defence.detect_poison()
+    pc = report["per_class"][7]
+    assert pc["nb_translated"] == 100 and pc["nb_translated_clusters"] == 0 and pc["nb_backdoor_subpopulations"] >= 1
+    assert report["detected"] and report["target_class"] == 7 and report["suspected_classes"] == [7]
+    flagged = np.asarray(is_clean) == 0
+    assert flagged[ctx.is_poison].mean() > 0.8
+    assert not flagged[~ctx.is_poison].any()
 
 
 def test_harness_details_compare_every_rule_from_one_run(scenario_ctx):
