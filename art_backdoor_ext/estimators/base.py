@@ -287,6 +287,17 @@ class FrameworkAdapter(abc.ABC):
         raise NotImplementedError(f"Re-initialising the output layer is not available for "
                                   f"{type(self.classifier).__name__}.")
 
+    def fit_output_layer(self, x: np.ndarray, y: np.ndarray, nb_epochs: int, learning_rate: float = 1e-2,
+                         batch_size: int = 64, seed: Optional[int] = None) -> str:
+        """
+        Retrain, in place, only the output layer (the layer :meth:`reset_output_layer` resets) with cross-entropy and
+        a fresh Adam optimiser, every other weight frozen. The output layer's inputs are computed once, in inference
+        mode, so nothing before it changes (batch-norm statistics included) and the latent features stay exactly what
+        they were. ``seed`` orders the batches. Returns the layer's name; ``ValueError`` when the output layer is not
+        the model's last operation (up to a final softmax).
+        """
+        raise NotImplementedError(f"Retraining the output layer is not available for {type(self.classifier).__name__}.")
+
     def set_learning_rate(self, learning_rate: float) -> None:
         """Set the learning rate of the classifier's optimizer (used by ``fit``)."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from art_backdoor_ext.estimators.base import FrameworkAdapter
+from art_backdoor_ext.utils import to_labels
 
 logger = logging.getLogger(__name__)
 
@@ -293,16 +294,65 @@ class KerasAdapter(FrameworkAdapter):
                                channels_first=self.classifier.channels_first,
                                preprocessing=self.classifier.preprocessing)
 
-    def reset_output_layer(self, seed: Optional[int] = None) -> str:
-        """The last layer with a ``kernel`` (a ``Dense`` head) gets fresh weights from its own kernel and bias
-        initializers, re-created with ``seed`` in their configuration (Keras initializers without a seed would draw
-        from the backend's global generator)."""
+    def _output_layer(self):
+        """The last layer with a ``kernel`` and a ``kernel_initializer`` (the ``Dense`` head)."""
         head = None
         for layer in self.model.layers:
             if getattr(layer, "kernel", None) is not None and getattr(layer, "kernel_initializer", None) is not None:
                 head = layer
         if head is None:
-            raise ValueError(f"{type(self.model).__name__} has no layer with a kernel to re-initialise.")
+            raise ValueError(f"{type(self.model).__name__} has no layer with a kernel (no output layer).")
+        return head
+
+    def fit_output_layer(self, x: np.ndarray, y: np.ndarray, nb_epochs: int, learning_rate: float = 1e-2,
+                         batch_size: int = 64, seed: Optional[int] = None) -> str:
+        import tensorflow as tf
+
+        from art_backdoor_ext.estimators.keras_pruning import keras_module_of
+
+        keras = keras_module_of(self.model)
+        head = self._output_layer()
+        pre = keras.Model(inputs=self.model.input, outputs=head.input)
+        feats = np.concatenate([np.asarray(pre(self._preprocess(x[i:i + 256]), training=False))
+                                for i in range(0, len(x), 256)])
+        softmax_head = getattr(getattr(head, "activation", None), "__name__", "") == "softmax"
+
+        def logits_of(f):
+            if not softmax_head:
+                return head(f, training=False)
+            out = tf.matmul(f, head.kernel)
+            return out + head.bias if getattr(head, "use_bias", False) else out
+
+        out = np.asarray(self.model(self._preprocess(x[:8]), training=False))
+        first = np.asarray(logits_of(tf.constant(feats[:8])))
+        probs = np.exp(first - first.max(axis=1, keepdims=True))
+        if not (np.allclose(out, first, atol=1e-5) or np.allclose(out, probs / probs.sum(axis=1, keepdims=True),
+                                                                  atol=1e-5)):
+            raise ValueError(f"The last layer with a kernel ({head.name!r}) is not the model's output (up to a "
+                             "softmax); fit_output_layer cannot retrain it alone.")
+        labels = to_labels(y, self.nb_classes)
+        optimizer = keras.optimizers.Adam(learning_rate=float(learning_rate))
+        weights = head.trainable_weights
+
+        @tf.function
+        def step(f, t):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=logits_of(f)))
+            optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+
+        order = np.random.default_rng(seed)
+        for _ in range(int(nb_epochs)):
+            perm = order.permutation(len(feats))
+            for i in range(0, len(perm), int(batch_size)):
+                idx = perm[i:i + int(batch_size)]
+                step(tf.constant(feats[idx]), tf.constant(labels[idx], dtype=tf.int32))
+        return head.name
+
+    def reset_output_layer(self, seed: Optional[int] = None) -> str:
+        """The last layer with a ``kernel`` (a ``Dense`` head) gets fresh weights from its own kernel and bias
+        initializers, re-created with ``seed`` in their configuration (Keras initializers without a seed would draw
+        from the backend's global generator)."""
+        head = self._output_layer()
         for name in ("kernel", "bias"):
             variable = getattr(head, name, None)
             init = getattr(head, name + "_initializer", None)

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from art_backdoor_ext.estimators.base import FrameworkAdapter
+from art_backdoor_ext.utils import to_labels
 
 logger = logging.getLogger(__name__)
 
@@ -239,18 +240,61 @@ class PyTorchAdapter(FrameworkAdapter):
                 norms += value.detach().reshape(module.out_channels, -1).abs().sum(dim=1).cpu().numpy()
         return norms
 
-    def reset_output_layer(self, seed: Optional[int] = None) -> str:
-        """The last module that owns parameters and has ``reset_parameters`` (a ``Linear`` head) is reset with
-        PyTorch's default initialisation, drawn with ``seed``."""
+    def _output_module(self):
+        """``(name, module)`` of the last module that owns parameters and has ``reset_parameters`` (the head)."""
         head = None
         for name, module in self.model.named_modules():
             if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
                 head = (name, module)
         if head is None:
-            raise ValueError(f"{type(self.model).__name__} has no layer with parameters to re-initialise.")
+            raise ValueError(f"{type(self.model).__name__} has no layer with parameters (no output layer).")
+        return head
+
+    def reset_output_layer(self, seed: Optional[int] = None) -> str:
+        """The last module that owns parameters and has ``reset_parameters`` (a ``Linear`` head) is reset with
+        PyTorch's default initialisation, drawn with ``seed``."""
+        name, head = self._output_module()
         with self.seeded(seed):
-            head[1].reset_parameters()
-        return head[0]
+            head.reset_parameters()
+        return name
+
+    def fit_output_layer(self, x: np.ndarray, y: np.ndarray, nb_epochs: int, learning_rate: float = 1e-2,
+                         batch_size: int = 64, seed: Optional[int] = None) -> str:
+        import torch
+
+        name, head = self._output_module()
+        labels = to_labels(y, self.nb_classes)
+        store = {}
+        handle = head.register_forward_hook(lambda _m, inp, out: store.update(inp=inp[0].detach(), out=out.detach()))
+        was_training = self.model.training
+        self.model.eval()
+        feats = []
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), 256):
+                    out = self.model(self._to_tensor(x[i:i + 256]))
+                    out = out[-1] if isinstance(out, (tuple, list)) else out
+                    if i == 0 and not (torch.allclose(out, store["out"], atol=1e-5) or torch.allclose(
+                            out, torch.softmax(store["out"], dim=1), atol=1e-5)):
+                        raise ValueError(f"The last layer with parameters ({name!r}) is not the model's output (up to "
+                                         "a softmax); fit_output_layer cannot retrain it alone.")
+                    feats.append(store["inp"])
+            feats_t = torch.cat(feats)
+            target = torch.as_tensor(labels, dtype=torch.long, device=feats_t.device)
+            optimizer = torch.optim.Adam(head.parameters(), lr=float(learning_rate))
+            order = np.random.default_rng(seed)
+            for _ in range(int(nb_epochs)):
+                perm = order.permutation(len(feats_t))
+                for i in range(0, len(perm), int(batch_size)):
+                    idx = torch.as_tensor(perm[i:i + int(batch_size)], device=feats_t.device)
+                    loss = torch.nn.functional.cross_entropy(head(feats_t[idx]), target[idx])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        return name
 
     def set_learning_rate(self, learning_rate: float) -> None:
         optimizer = self.classifier.optimizer

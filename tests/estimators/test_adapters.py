@@ -67,3 +67,30 @@ def test_bad_layer_and_unsupported_classifier(small):
         get_adapter(clf).resolve_layer(3)
     with pytest.raises(ValueError, match="Unsupported classifier"):
         framework_of(object())
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "keras"])
+def test_fit_output_layer_retrains_only_the_head(framework, digits):
+    """A destroyed head is retrained back from frozen features: only its weights move, the latents stay, seeded."""
+    (x, y), _ = digits
+    if framework == "keras":
+        x = x.transpose(0, 2, 3, 1)
+    x, y = x[:300], y[:300]
+    clf = make_classifier(framework, x_train=x, y_train=y, nb_epochs=15, batch_size=32)
+    a = get_adapter(clf)
+    acc0 = np.mean(a.predict_labels(x) == y)
+    twins = [get_adapter(a.clone()) for _ in range(2)]
+    feats0, w0 = twins[0].get_features(x), twins[0].get_weights()
+    names = [t.reset_output_layer(3) for t in twins]
+    broken = np.mean(twins[0].predict_labels(x) == y)
+    state = np.random.get_state()
+    assert [t.fit_output_layer(x, np.eye(10)[y], nb_epochs=30, seed=0) for t in twins] == names
+    assert np.array_equal(np.random.get_state()[1], state[1])  # the global generator is untouched
+    np.testing.assert_array_equal(twins[0].get_features(x), feats0)  # the latents do not move
+    w1 = twins[0].get_weights()
+    changed = [not np.array_equal(p, q) for p, q in zip(w0, w1)]
+    k = sum(changed)
+    assert k in (1, 2) and changed == [False] * (len(changed) - k) + [True] * k  # the head's kernel (and bias)
+    assert all(np.array_equal(p, q) for p, q in zip(w1, twins[1].get_weights()))  # deterministic under a seed
+    assert np.mean(twins[0].predict_labels(x) == y) >= min(acc0 - 0.05, 0.9) and broken < acc0 - 0.3
+    assert all(np.array_equal(p, q) for p, q in zip(get_adapter(clf).get_weights(), a.get_weights()))

@@ -97,6 +97,22 @@ def test_poison_applies_trigger(pytorch_run):
     assert not np.shares_memory(x_p, x)
 
 
+def test_head_retraining_moves_the_output_layer_only(run):
+    """``head_epochs``: the same game (same seed) then the output layer retrained; the latents stay as the game left
+    them, only the head's weights differ, and the time is reported."""
+    x_p, y_p, is_poison = run["attack"].get_training_data()
+    kw = dict(fraction=0.05, pretrain_epochs=0, nb_epochs=1, mmd=10.0, seed=0)
+    game = AdversarialBackdoorEmbedding(run["embedded"], localised_trigger(size=3), TARGET, **kw)
+    headed = AdversarialBackdoorEmbedding(run["embedded"], localised_trigger(size=3), TARGET, head_epochs=3, **kw)
+    m1, m2 = game.embed(x_p, y_p, is_poison), headed.embed(x_p, y_p, is_poison)
+    np.testing.assert_allclose(get_adapter(m1).get_features(x_p[:300]), get_adapter(m2).get_features(x_p[:300]),
+                               rtol=1e-5, atol=1e-5)
+    changed = [not np.allclose(a, b) for a, b in zip(get_adapter(m1).get_weights(), get_adapter(m2).get_weights())]
+    k = sum(changed)
+    assert k in (1, 2) and changed == [False] * (len(changed) - k) + [True] * k
+    assert headed.seconds_["head"] > 0 and game.seconds_["head"] == 0
+
+
 @pytest.mark.parametrize("kwargs,name", [
     ({"trigger": None}, "trigger"),
     ({"trigger": "square"}, "trigger"),
@@ -113,6 +129,9 @@ def test_poison_applies_trigger(pytorch_run):
     ({"objective": "wgan"}, "objective"),
     ({"mmd": -1.0}, "mmd"),
     ({"mmd": "yes"}, "mmd"),
+    ({"head_epochs": -1}, "head_epochs"),
+    ({"head_epochs": 1.5}, "head_epochs"),
+    ({"head_learning_rate": 0.0}, "head_learning_rate"),
 ])
 def test_bad_input_names_the_argument(kwargs, name):
     clf = make_classifier("pytorch", nb_classes=10, seed=0)
