@@ -127,15 +127,21 @@ class KerasAdapter(FrameworkAdapter):
             pre_model, dense = final
             logits = pre_model(x_t, training=False)
             if dense is not None:
-                logits = tf.matmul(logits, dense.kernel)
-                if dense.use_bias:
-                    logits = logits + dense.bias
+                logits = self._dense_logits(dense, logits)
             return tf.nn.log_softmax(logits, axis=1)
         out = self.model(x_t, training=False)
         if self._is_probability(out.numpy()):
             self._warn_saturated_probabilities()
             return tf.math.log(tf.maximum(out, 1e-12))
         return tf.nn.log_softmax(out, axis=1)
+
+    @staticmethod
+    def _dense_logits(dense, inputs):
+        """The logits of a ``Dense(..., activation="softmax")`` layer: its affine part, without the softmax."""
+        import tensorflow as tf
+
+        logits = tf.matmul(inputs, dense.kernel)
+        return logits + dense.bias if dense.use_bias else logits
 
     def clone(self, reset_weights: bool = False):
         import random
@@ -318,10 +324,7 @@ class KerasAdapter(FrameworkAdapter):
         softmax_head = getattr(getattr(head, "activation", None), "__name__", "") == "softmax"
 
         def logits_of(f):
-            if not softmax_head:
-                return head(f, training=False)
-            out = tf.matmul(f, head.kernel)
-            return out + head.bias if getattr(head, "use_bias", False) else out
+            return self._dense_logits(head, f) if softmax_head else head(f, training=False)
 
         out = np.asarray(self.model(self._preprocess(x[:8]), training=False))
         first = np.asarray(logits_of(tf.constant(feats[:8])))

@@ -44,8 +44,8 @@ def aggregate(tasks: Sequence[GridTask], payloads: Sequence[Optional[Dict[str, A
             continue
         sc = task.scenario
         cell = cells.setdefault(task.cell, {
-            "cell": task.cell, "scenario": scenario_cell(sc, task.label), "label": task.label, "defence": task.defence_name,
-            "defence_kwargs": task.defence_kwargs, "retrain": task.retrain,
+            "cell": task.cell, "scenario": scenario_cell(sc, task.label), "label": task.label,
+            "defence": task.defence_name, "defence_kwargs": task.defence_kwargs, "retrain": task.retrain,
             "attack": sc.attack if sc.poisoned else None,
             "dataset": sc.dataset, "framework": sc.framework, "width": sc.width, "robust": sc.robust,
             "nb_epochs": sc.nb_epochs, "batch_size": sc.batch_size, "poisoned": sc.poisoned, "seeds": [], "_rows": []})

@@ -258,9 +258,9 @@ class GridSpec:
     def tasks(self) -> List[GridTask]:
         """Every scenario x defence task, grouped by scenario (a scenario's defences run on one trained model)."""
         retrain = set(self.defences) if self.retrain is True else set(self.retrain or [])
-        return [GridTask(sc, label, _split_defence_key(key)[0], kwargs, key in retrain,
-                         key if _split_defence_key(key)[1] is not None else None)
-                for label, sc in self.scenarios() for key, kwargs in self.defences.items()]
+        keys = [(key, *_split_defence_key(key)) for key in self.defences]  # (key, registered name, label or None)
+        return [GridTask(sc, label, name, self.defences[key], key in retrain, None if tag is None else key)
+                for label, sc in self.scenarios() for key, name, tag in keys]
 
     def as_dict(self) -> Dict[str, Any]:
         """The normalised spec (what :meth:`from_dict` reads back)."""
